@@ -1,0 +1,42 @@
+#![warn(missing_docs)]
+//! # pedconv
+//!
+//! PEDConv, the parameter-efficient dynamic convolution of Hou & Kung (BMVC 2021), as burn
+//! modules generic over the [`Backend`](burn::tensor::backend::Backend).
+//!
+//! [`PedConv2d`] replaces a convolution's fixed kernel with a per-sample one: the base weight `W`
+//! rescaled element by element by a rank-1 (CP) product of three sigmoid attentions, over the
+//! output channels, the input channels and the kernel taps, computed from the globally pooled
+//! input by a small bottleneck MLP. In training, the attention logits get Gaussian noise and a
+//! small decoder reconstructs the pooled input from them; its loss (the layer's
+//! "information-maximisation" loss) is returned by [`PedConv2d::forward_train`].
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::nn::PaddingConfig2d;
+//! use burn::tensor::Tensor;
+//! use pedconv::PedConv2dConfig;
+//!
+//! let device = Default::default();
+//! let conv = PedConv2dConfig::new([16, 32], [3, 3])
+//!     .with_stride([2, 2])
+//!     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+//!     .init::<Flex>(&device);
+//! let y = conv.forward(Tensor::<Flex, 4>::ones([2, 16, 8, 8], &device));
+//! assert_eq!(y.dims(), [2, 32, 4, 4]);
+//! ```
+//!
+//! The crate's `examples/` show a model of one's own that swaps a `Conv2d` for a `PedConv2d`.
+
+mod accounting;
+mod attention;
+mod config;
+mod geometry;
+mod paths;
+mod pedconv2d;
+
+pub use accounting::{MacCounts, ParameterCounts};
+pub use attention::{Attention, AttentionFactors, AttentionNoise, AttentionSizes, InfoMaxDecoder};
+pub use config::{ComputePath, PedConv2dConfig, PedConvConfigError};
+pub use geometry::ConvGeometry;
+pub use pedconv2d::{PedConv2d, PedConvOutput};

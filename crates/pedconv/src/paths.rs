@@ -1,0 +1,200 @@
+//! The compute paths of [`ComputePath`](crate::ComputePath): two ways of computing
+//! `y_b = conv2d(x_b, W ⊙ Σ_r a_out[b,r] ⊗ a_in[b,r] ⊗ a_k[b,r])` for every sample `b`.
+//! Both are compositions of burn tensor operations, so autodiff derives their backward passes.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::PaddedConvOptions;
+use burn::tensor::Tensor;
+
+use crate::attention::AttentionFactors;
+use crate::geometry::ConvGeometry;
+
+/// The static part of a layer that every path needs.
+pub(crate) struct StaticConv<'a, B: Backend> {
+    /// Base weight `[out, in/groups, kh, kw]`.
+    pub weight: Tensor<B, 4>,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+    pub geometry: &'a ConvGeometry,
+}
+
+impl<B: Backend> StaticConv<'_, B> {
+    fn options(&self, groups: usize) -> PaddedConvOptions<2> {
+        PaddedConvOptions::asymmetric(
+            self.stride,
+            self.geometry.padding_start,
+            self.geometry.padding_end,
+            self.dilation,
+            groups,
+        )
+    }
+}
+
+/// The reference path: per-sample kernels `[B·out, in/g, kh, kw]` and one convolution with
+/// `B·groups` groups over the batch folded into the channels.
+pub(crate) fn per_sample_kernel<B: Backend>(
+    x: Tensor<B, 4>,
+    factors: &AttentionFactors<B>,
+    conv: &StaticConv<'_, B>,
+) -> Tensor<B, 4> {
+    let [batch, channels_in, height, width] = x.dims();
+    let [channels_out, group_in, kh, kw] = conv.weight.dims();
+    let [ho, wo] = conv.geometry.output_size;
+    // Σ_r a_out ⊗ (a_in ⊗ a_k): [B, out, r] @ [B, r, in/g·kh·kw].
+    let [_, rank, _] = factors.input.dims();
+    let input_taps = (factors.input.clone().unsqueeze_dim::<4>(3)
+        * factors.kernel.clone().unsqueeze_dim::<4>(2))
+    .reshape([batch, rank, group_in * kh * kw]);
+    let modulation = factors.output.clone().swap_dims(1, 2).matmul(input_taps);
+    let kernels = conv
+        .weight
+        .clone()
+        .reshape([1, channels_out, group_in * kh * kw])
+        .mul(modulation)
+        .reshape([batch * channels_out, group_in, kh, kw]);
+    conv2d(
+        x.reshape([1, batch * channels_in, height, width]),
+        kernels,
+        None,
+        conv.options(batch * conv.groups),
+    )
+    .reshape([batch, channels_out, ho, wo])
+}
+
+/// The factorized path: `y = Σ_r a_out ⊙ conv(x ⊙ a_in, W ⊙ a_k)` without per-sample kernels.
+/// The rank terms are folded into the batch. For 1×1 kernels `a_k` is a scalar per sample and
+/// joins the output scaling; otherwise it scales the columns of an im2col of the scaled input,
+/// contracted with the reshaped base weight by a 1×1 (grouped) convolution.
+pub(crate) fn factorized<B: Backend>(
+    x: Tensor<B, 4>,
+    factors: &AttentionFactors<B>,
+    conv: &StaticConv<'_, B>,
+) -> Tensor<B, 4> {
+    let [batch, channels_in, height, width] = x.dims();
+    let [channels_out, group_in, kh, kw] = conv.weight.dims();
+    let [ho, wo] = conv.geometry.output_size;
+    let [_, rank, _] = factors.input.dims();
+    let taps = kh * kw;
+    // a_in has in/g entries and scales channel i of every group alike. (An `expand`, not a
+    // `repeat_dim`: burn 0.21's autodiff gives `repeat_dim` a wrong gradient.)
+    let input_scale = factors
+        .input
+        .clone()
+        .unsqueeze_dim::<4>(2)
+        .expand([batch, rank, conv.groups, group_in])
+        .reshape([batch * rank, channels_in, 1, 1]);
+    let scaled = x
+        .unsqueeze_dim::<5>(1)
+        .expand([batch, rank, channels_in, height, width])
+        .reshape([batch * rank, channels_in, height, width])
+        * input_scale;
+
+    let (per_term, output_scale) = if taps == 1 {
+        let output_scale = factors.output.clone() * factors.kernel.clone();
+        (
+            conv2d(scaled, conv.weight.clone(), None, conv.options(conv.groups)),
+            output_scale,
+        )
+    } else {
+        let columns = im2col(scaled, conv, [kh, kw])
+            * factors
+                .kernel
+                .clone()
+                .reshape([batch * rank, 1, taps, 1, 1]);
+        let columns = columns.reshape([batch * rank, channels_in * taps, ho, wo]);
+        let weight = conv
+            .weight
+            .clone()
+            .reshape([channels_out, group_in * taps, 1, 1]);
+        let pointwise = PaddedConvOptions::asymmetric([1, 1], [0, 0], [0, 0], [1, 1], conv.groups);
+        (
+            conv2d(columns, weight, None, pointwise),
+            factors.output.clone(),
+        )
+    };
+    // Kept 4-D: on the CubeCL backends, a convolution's output reshaped to 5-D and then reduced
+    // gives wrong sums in burn 0.21 (seen on wgpu).
+    let per_term = per_term * output_scale.reshape([batch * rank, channels_out, 1, 1]);
+    if rank == 1 {
+        return per_term;
+    }
+    per_term
+        .reshape([batch, rank, channels_out * ho * wo])
+        .sum_dim(1)
+        .reshape([batch, channels_out, ho, wo])
+}
+
+/// The kernel-tap view of a convolution's input: `[N, C, kh·kw, Ho, Wo]`, tap `u·kw + v` holding
+/// the input pixels that kernel position `(u, v)` meets at each output position. Strides are
+/// taken by a reshape rather than a stepped slice, whose backward burn does not support.
+fn im2col<B: Backend>(
+    x: Tensor<B, 4>,
+    conv: &StaticConv<'_, B>,
+    kernel_size: [usize; 2],
+) -> Tensor<B, 5> {
+    let [n, c, height, width] = x.dims();
+    let geometry = conv.geometry;
+    let [ho, wo] = geometry.output_size;
+    let [sh, sw] = conv.stride;
+    let [dh, dw] = conv.dilation;
+    // Pad so that every tap's window of `stride · out` rows and columns is in range.
+    let padded = [
+        height + geometry.padding_start[0] + geometry.padding_end[0],
+        width + geometry.padding_start[1] + geometry.padding_end[1],
+    ];
+    let extra_h = ((kernel_size[0] - 1) * dh + sh * ho).saturating_sub(padded[0]);
+    let extra_w = ((kernel_size[1] - 1) * dw + sw * wo).saturating_sub(padded[1]);
+    let x = pad_zeros(
+        x,
+        [geometry.padding_start[0], geometry.padding_end[0] + extra_h],
+        [geometry.padding_start[1], geometry.padding_end[1] + extra_w],
+    );
+    let mut taps = Vec::with_capacity(kernel_size[0] * kernel_size[1]);
+    for u in 0..kernel_size[0] {
+        for v in 0..kernel_size[1] {
+            let window = x
+                .clone()
+                .narrow(2, u * dh, sh * ho)
+                .narrow(3, v * dw, sw * wo);
+            let tap = if sh == 1 && sw == 1 {
+                window
+            } else {
+                window
+                    .reshape([n, c, ho, sh, wo, sw])
+                    .narrow(3, 0, 1)
+                    .narrow(5, 0, 1)
+                    .reshape([n, c, ho, wo])
+            };
+            taps.push(tap);
+        }
+    }
+    Tensor::stack(taps, 2)
+}
+
+/// Zero-pads the last two dimensions by `[before, after]` rows and columns, in the input's dtype
+/// (burn 0.21's `Tensor::pad` creates its zeros in the default float dtype, which fails on a
+/// float64 input).
+fn pad_zeros<B: Backend>(x: Tensor<B, 4>, rows: [usize; 2], columns: [usize; 2]) -> Tensor<B, 4> {
+    let zeros = |shape: [usize; 4], like: &Tensor<B, 4>| {
+        Tensor::<B, 4>::zeros(shape, (&like.device(), like.dtype()))
+    };
+    let pad_axis = |x: Tensor<B, 4>, axis: usize, [before, after]: [usize; 2]| {
+        if before == 0 && after == 0 {
+            return x;
+        }
+        let mut parts = Vec::with_capacity(3);
+        for (amount, is_input) in [(before, false), (0, true), (after, false)] {
+            if is_input {
+                parts.push(x.clone());
+            } else if amount > 0 {
+                let mut shape = x.dims();
+                shape[axis] = amount;
+                parts.push(zeros(shape, &x));
+            }
+        }
+        Tensor::cat(parts, axis)
+    };
+    pad_axis(pad_axis(x, 2, rows), 3, columns)
+}
