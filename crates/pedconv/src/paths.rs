@@ -4,7 +4,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
-use burn::tensor::ops::PaddedConvOptions;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
 use crate::attention::AttentionFactors;
@@ -21,13 +21,21 @@ pub(crate) struct StaticConv<'a, B: Backend> {
 }
 
 impl<B: Backend> StaticConv<'_, B> {
-    fn options(&self, groups: usize) -> PaddedConvOptions<2> {
-        PaddedConvOptions::asymmetric(
-            self.stride,
-            self.geometry.padding_start,
-            self.geometry.padding_end,
-            self.dilation,
-            groups,
+    /// `conv2d(x, weight)` with this layer's stride, dilation and padding, and `groups` groups.
+    /// Asymmetric padding is applied here, in the input's dtype: burn 0.21's convolution pads
+    /// it with zeros of the default float dtype, which fails on a float64 input.
+    fn conv(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+        let (start, end) = (self.geometry.padding_start, self.geometry.padding_end);
+        let (x, padding) = if start == end {
+            (x, start)
+        } else {
+            (pad_zeros(x, [start[0], end[0]], [start[1], end[1]]), [0, 0])
+        };
+        conv2d(
+            x,
+            weight,
+            None,
+            ConvOptions::new(self.stride, padding, self.dilation, groups),
         )
     }
 }
@@ -54,11 +62,10 @@ pub(crate) fn per_sample_kernel<B: Backend>(
         .reshape([1, channels_out, group_in * kh * kw])
         .mul(modulation)
         .reshape([batch * channels_out, group_in, kh, kw]);
-    conv2d(
+    conv.conv(
         x.reshape([1, batch * channels_in, height, width]),
         kernels,
-        None,
-        conv.options(batch * conv.groups),
+        batch * conv.groups,
     )
     .reshape([batch, channels_out, ho, wo])
 }
@@ -94,7 +101,7 @@ pub(crate) fn factorized<B: Backend>(
     let (per_term, output_scale) = if taps == 1 {
         let output_scale = factors.output.clone() * factors.kernel.clone();
         (
-            conv2d(scaled, conv.weight.clone(), None, conv.options(conv.groups)),
+            conv.conv(scaled, conv.weight.clone(), conv.groups),
             output_scale,
         )
     } else {
@@ -108,7 +115,7 @@ pub(crate) fn factorized<B: Backend>(
             .weight
             .clone()
             .reshape([channels_out, group_in * taps, 1, 1]);
-        let pointwise = PaddedConvOptions::asymmetric([1, 1], [0, 0], [0, 0], [1, 1], conv.groups);
+        let pointwise = ConvOptions::new([1, 1], [0, 0], [1, 1], conv.groups);
         (
             conv2d(columns, weight, None, pointwise),
             factors.output.clone(),

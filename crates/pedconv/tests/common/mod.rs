@@ -103,3 +103,37 @@ pub fn golden_dir() -> PathBuf {
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden"),
     }
 }
+
+/// Casts every float parameter to the precision under test. Mapping also initialises the
+/// (lazily initialised) parameters, so that clones of the result share their values.
+struct CastParams(DType);
+
+impl<B: Backend> burn::module::ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = tensor.cast(self.0).detach();
+        let tensor = if tensor.is_require_grad() {
+            tensor
+        } else {
+            tensor.require_grad()
+        };
+        burn::module::Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// A module with its float parameters in the precision under test.
+pub fn in_test_precision<B: Backend, M: burn::module::Module<B>>(module: M) -> M {
+    module.map(&mut CastParams(precision().dtype))
+}
+
+/// A standard normal tensor in the precision under test.
+pub fn normal<B: Backend, const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::random(
+        shape,
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        (&device::<B>(), precision().dtype),
+    )
+}
