@@ -105,21 +105,28 @@ pub(crate) fn factorized<B: Backend>(
             output_scale,
         )
     } else {
-        let columns = im2col(scaled, conv, [kh, kw])
-            * factors
-                .kernel
-                .clone()
-                .reshape([batch * rank, 1, taps, 1, 1]);
-        let columns = columns.reshape([batch * rank, channels_in * taps, ho, wo]);
-        let weight = conv
-            .weight
+        // Channels first, so that the columns are `[in·kh·kw, B·r·Ho·Wo]` without a transpose
+        // and the contraction is one GEMM per group.
+        let spatial = factors
+            .kernel
             .clone()
-            .reshape([channels_out, group_in * taps, 1, 1]);
-        let pointwise = ConvOptions::new([1, 1], [0, 0], [1, 1], conv.groups);
-        (
-            conv2d(columns, weight, None, pointwise),
-            factors.output.clone(),
-        )
+            .reshape([batch * rank, taps])
+            .swap_dims(0, 1)
+            .reshape([1, taps, batch * rank, 1, 1]);
+        let columns = (im2col(scaled.swap_dims(0, 1), conv, [kh, kw]) * spatial).reshape([
+            conv.groups,
+            group_in * taps,
+            batch * rank * ho * wo,
+        ]);
+        let weight =
+            conv.weight
+                .clone()
+                .reshape([conv.groups, channels_out / conv.groups, group_in * taps]);
+        let per_term = weight
+            .matmul(columns)
+            .reshape([channels_out, batch * rank, ho, wo])
+            .swap_dims(0, 1);
+        (per_term, factors.output.clone())
     };
     // Kept 4-D: on the CubeCL backends, a convolution's output reshaped to 5-D and then reduced
     // gives wrong sums in burn 0.21 (seen on wgpu).
@@ -133,9 +140,10 @@ pub(crate) fn factorized<B: Backend>(
         .reshape([batch, channels_out, ho, wo])
 }
 
-/// The kernel-tap view of a convolution's input: `[N, C, kh·kw, Ho, Wo]`, tap `u·kw + v` holding
-/// the input pixels that kernel position `(u, v)` meets at each output position. Strides are
-/// taken by a reshape rather than a stepped slice, whose backward burn does not support.
+/// The kernel-tap view of a convolution's input: `[A, kh·kw, N, Ho, Wo]` for an `[A, N, H, W]`
+/// input, tap `u·kw + v` holding the input pixels that kernel position `(u, v)` meets at each
+/// output position. Strides are taken by a reshape rather than a stepped slice, whose backward
+/// burn does not support.
 fn im2col<B: Backend>(
     x: Tensor<B, 4>,
     conv: &StaticConv<'_, B>,
@@ -177,7 +185,7 @@ fn im2col<B: Backend>(
             taps.push(tap);
         }
     }
-    Tensor::stack(taps, 2)
+    Tensor::stack(taps, 1)
 }
 
 /// Zero-pads the last two dimensions by `[before, after]` rows and columns, in the input's dtype
