@@ -22,20 +22,38 @@ pub(crate) struct StaticConv<'a, B: Backend> {
 
 impl<B: Backend> StaticConv<'_, B> {
     /// `conv2d(x, weight)` with this layer's stride, dilation and padding, and `groups` groups.
-    /// Asymmetric padding is applied here, in the input's dtype: burn 0.21's convolution pads
-    /// it with zeros of the default float dtype, which fails on a float64 input.
+    ///
+    /// Two cases are computed by other means, to avoid faults of burn 0.21: asymmetric padding
+    /// is applied here, in the input's dtype (burn pads with zeros of the default float dtype,
+    /// which fails on a float64 input); a strided or padded 1×1 convolution samples its input
+    /// first and runs at stride 1 (burn's wgpu backend computes a wrong input gradient for
+    /// strided 1×1 convolutions).
     fn conv(&self, x: Tensor<B, 4>, weight: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         let (start, end) = (self.geometry.padding_start, self.geometry.padding_end);
-        let (x, padding) = if start == end {
-            (x, start)
-        } else {
-            (pad_zeros(x, [start[0], end[0]], [start[1], end[1]]), [0, 0])
-        };
+        let [_, _, kh, kw] = weight.dims();
+        let (x, stride, padding) =
+            if kh * kw == 1 && (self.stride != [1, 1] || start != end || start != [0, 0]) {
+                let [n, c, _, _] = x.dims();
+                let [ho, wo] = self.geometry.output_size;
+                (
+                    im2col(x, self, [1, 1]).reshape([n, c, ho, wo]),
+                    [1, 1],
+                    [0, 0],
+                )
+            } else if start != end {
+                (
+                    pad_zeros(x, [start[0], end[0]], [start[1], end[1]]),
+                    self.stride,
+                    [0, 0],
+                )
+            } else {
+                (x, self.stride, start)
+            };
         conv2d(
             x,
             weight,
             None,
-            ConvOptions::new(self.stride, padding, self.dilation, groups),
+            ConvOptions::new(stride, padding, self.dilation, groups),
         )
     }
 }
@@ -99,21 +117,16 @@ pub(crate) fn factorized<B: Backend>(
         * input_scale;
 
     let (per_term, output_scale) = if taps == 1 {
-        let output_scale = factors.output.clone() * factors.kernel.clone();
         (
             conv.conv(scaled, conv.weight.clone(), conv.groups),
-            output_scale,
+            factors.output.clone() * factors.kernel.clone(),
         )
     } else {
         // Channels first, so that the columns are `[in·kh·kw, B·r·Ho·Wo]` without a transpose
         // and the contraction is one GEMM per group.
-        let spatial = factors
-            .kernel
-            .clone()
-            .reshape([batch * rank, taps])
-            .swap_dims(0, 1)
-            .reshape([1, taps, batch * rank, 1, 1]);
-        let columns = (im2col(scaled.swap_dims(0, 1), conv, [kh, kw]) * spatial).reshape([
+        let spatial = factors.kernel.clone().reshape([batch * rank, taps]);
+        let spatial = swap_leading_dims(spatial).reshape([1, taps, batch * rank, 1, 1]);
+        let columns = (im2col(swap_leading_dims(scaled), conv, [kh, kw]) * spatial).reshape([
             conv.groups,
             group_in * taps,
             batch * rank * ho * wo,
@@ -122,10 +135,12 @@ pub(crate) fn factorized<B: Backend>(
             conv.weight
                 .clone()
                 .reshape([conv.groups, channels_out / conv.groups, group_in * taps]);
-        let per_term = weight
-            .matmul(columns)
-            .reshape([channels_out, batch * rank, ho, wo])
-            .swap_dims(0, 1);
+        let per_term =
+            swap_leading_dims(
+                weight
+                    .matmul(columns)
+                    .reshape([channels_out, batch * rank, ho, wo]),
+            );
         (per_term, factors.output.clone())
     };
     // Kept 4-D: on the CubeCL backends, a convolution's output reshaped to 5-D and then reduced
@@ -138,6 +153,19 @@ pub(crate) fn factorized<B: Backend>(
         .reshape([batch, rank, channels_out * ho * wo])
         .sum_dim(1)
         .reshape([batch, channels_out, ho, wo])
+}
+
+/// Swaps the first two dimensions. Where one of them has size 1 this is a reshape: the CubeCL
+/// backends of burn 0.21 compute wrong results on the strided views that `swap_dims` gives
+/// there (seen on wgpu with batch 1).
+fn swap_leading_dims<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    if dims[0] == 1 || dims[1] == 1 {
+        dims.swap(0, 1);
+        x.reshape(dims)
+    } else {
+        x.swap_dims(0, 1)
+    }
 }
 
 /// The kernel-tap view of a convolution's input: `[A, kh·kw, N, Ho, Wo]` for an `[A, N, H, W]`
