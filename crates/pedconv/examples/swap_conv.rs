@@ -148,6 +148,7 @@ fn correct<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> f64 {
 
 fn train<B: AutodiffBackend>(device: &B::Device) {
     let (epochs, steps, batch_size, lr) = (6, 40, 32, 0.05);
+    B::seed(device, 0); // the initial weights and the training noise: the same run every time
     let mut model = Net::<B>::new(device);
     let mut optimizer = SgdConfig::new()
         .with_momentum(Some(

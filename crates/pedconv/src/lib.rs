@@ -26,7 +26,7 @@
 //! assert_eq!(y.dims(), [2, 32, 4, 4]);
 //! ```
 //!
-//! The crate's `examples/` show a model of one's own that swaps a `Conv2d` for a `PedConv2d`.
+//! [`resnet`] builds the paper's ResNets, static or with PEDConv. The crate's `examples/` show a model of one's own that swaps a `Conv2d` for a `PedConv2d`.
 
 mod accounting;
 mod attention;
@@ -34,6 +34,7 @@ mod config;
 mod geometry;
 mod paths;
 mod pedconv2d;
+pub mod resnet;
 
 pub use accounting::{MacCounts, ParameterCounts};
 pub use attention::{Attention, AttentionFactors, AttentionNoise, AttentionSizes, InfoMaxDecoder};
