@@ -19,6 +19,8 @@ use crate::pedconv2d::PedConv2d;
 type Losses<'a, B> = Option<&'a mut Vec<Tensor<B, 1>>>;
 
 /// A block convolution: static, or PEDConv.
+// A layer is built once and held by the model: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ConvLayer<B: Backend> {
     /// burn's `Conv2d`.
