@@ -32,6 +32,7 @@ mod accounting;
 mod attention;
 mod config;
 mod geometry;
+pub mod import;
 mod paths;
 mod pedconv2d;
 pub mod resnet;

@@ -1,0 +1,6 @@
+//! Reading PyTorch checkpoints without Python.
+
+mod checkpoint;
+mod pickle;
+
+pub use checkpoint::{ImportError, PytorchCheckpoint};

@@ -1,0 +1,198 @@
+//! Importing the paper's PyTorch checkpoints: the golden ResNet-18 reproduces the reference's
+//! logits; bad files and mismatched models give errors that name the file and the keys.
+
+mod common;
+
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{assert_close, golden_dir, TestBackend};
+use pedconv::import::{ImportError, PytorchCheckpoint};
+use pedconv::resnet::{ImportMode, ResNetConfig, ResNetDepth};
+use safetensors::SafeTensors;
+
+const CHECKPOINT: &str = "resnet18_w0.25_c10_ref.pth.tar";
+
+/// The golden checkpoint's architecture: `('resnet18', 'fanin', 10, 0.25)` in its `arch` entry.
+fn golden_config() -> ResNetConfig {
+    ResNetConfig::new(ResNetDepth::R18)
+        .with_width(0.25)
+        .with_num_classes(10)
+        .dynamic()
+}
+
+fn golden_io() -> (Tensor<TestBackend, 4>, Tensor<TestBackend, 2>) {
+    let bytes = std::fs::read(golden_dir().join("resnet18_w0.25_c10_ref_io.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let tensor = |name: &str| {
+        let view = file.tensor(name).unwrap();
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        TensorData::new(values, view.shape().to_vec())
+    };
+    let device = Default::default();
+    (
+        Tensor::from_data(tensor("x"), &device),
+        Tensor::from_data(tensor("logits"), &device),
+    )
+}
+
+/// float32 through 18 layers: the reference and burn sum in different orders, so logits differ by
+/// a few ulps per layer, compounding to about 1e-5 of their scale; 1e-4 leaves a margin while a
+/// single wrong weight or statistic moves them by far more.
+#[test]
+fn golden_checkpoint_reproduces_the_reference_logits() {
+    let config = golden_config();
+    let model = config
+        .init_from_pytorch::<TestBackend>(
+            golden_dir().join(CHECKPOINT),
+            ImportMode::Exact,
+            &Default::default(),
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+    let (x, expected) = golden_io();
+    let logits = model.forward(x);
+    assert_close("logits", &logits, &expected, 1e-4);
+}
+
+#[test]
+fn every_key_of_the_reference_maps_onto_the_model() {
+    let checkpoint = PytorchCheckpoint::read(golden_dir().join(CHECKPOINT)).unwrap();
+    let keys: std::collections::BTreeMap<String, Vec<usize>> = serde_json::from_slice(
+        &std::fs::read(golden_dir().join("resnet18_w0.25_c10_ref_keys.json")).unwrap(),
+    )
+    .unwrap();
+    let read: Vec<(&String, Vec<usize>)> = checkpoint
+        .tensors()
+        .iter()
+        .map(|(k, v)| (k, v.shape.to_vec()))
+        .collect();
+    assert_eq!(
+        read.len(),
+        keys.len(),
+        "the reader finds every state_dict entry"
+    );
+    for (key, shape) in read {
+        assert_eq!(Some(&shape), keys.get(key), "{key}");
+    }
+}
+
+fn error_of(result: Result<impl Sized, ImportError>) -> ImportError {
+    match result {
+        Ok(_) => panic!("the import was accepted"),
+        Err(error) => error,
+    }
+}
+
+fn load(path: PathBuf, config: &ResNetConfig, mode: ImportMode) -> Result<(), ImportError> {
+    config
+        .init_from_pytorch::<TestBackend>(path, mode, &Default::default())
+        .map(|_| ())
+}
+
+#[test]
+fn another_architecture_is_reported_key_by_key() {
+    let path = golden_dir().join(CHECKPOINT);
+    // Width 0.5 instead of 0.25: every shape differs.
+    let wider = golden_config().with_width(0.5);
+    let message = error_of(load(path.clone(), &wider, ImportMode::Exact)).to_string();
+    assert!(message.contains(CHECKPOINT), "{message}");
+    assert!(
+        message.contains("module.conv1.weight: the model expects shape [32, 3, 7, 7], the file has [16, 3, 7, 7]")
+            || message.contains("conv1.weight: the model expects shape [32, 3, 7, 7], the file has [16, 3, 7, 7]"),
+        "{message}"
+    );
+    // A static model: the attention branches are not in it.
+    let message = error_of(load(
+        path.clone(),
+        &golden_config().with_pedconv(None),
+        ImportMode::Exact,
+    ))
+    .to_string();
+    assert!(
+        message.contains("layer1.0.conv1.attn.fc_share.weight: not in the model"),
+        "{message}"
+    );
+    // ResNet-34: its extra blocks are missing from the file.
+    let deeper = ResNetConfig {
+        depth: ResNetDepth::R34,
+        ..golden_config()
+    };
+    let message = error_of(load(path, &deeper, ImportMode::Exact)).to_string();
+    assert!(
+        message.contains("layer1.2.conv1.weight: missing from the file"),
+        "{message}"
+    );
+}
+
+#[test]
+fn base_weights_mode_allows_missing_attention_only() {
+    // A deeper model than the file: its extra blocks' attention branches may stay fresh, their
+    // base weights may not.
+    let path = golden_dir().join(CHECKPOINT);
+    let deeper = ResNetConfig {
+        depth: ResNetDepth::R34,
+        ..golden_config()
+    };
+    let message = error_of(load(path, &deeper, ImportMode::BaseWeights)).to_string();
+    assert!(
+        message.contains("layer1.2.conv1.weight: missing from the file"),
+        "{message}"
+    );
+    assert!(!message.contains("layer1.2.conv1.attn"), "{message}");
+}
+
+fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pedconv-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let config = golden_config();
+    let missing = golden_dir().join("no-such-checkpoint.pth");
+    let error = error_of(load(missing, &config, ImportMode::Exact));
+    assert!(matches!(error, ImportError::Io { .. }), "{error}");
+    assert!(
+        error.to_string().contains("no-such-checkpoint.pth"),
+        "{error}"
+    );
+
+    let original = std::fs::read(golden_dir().join(CHECKPOINT)).unwrap();
+    let truncated = scratch_file("truncated.pth.tar", &original[..original.len() / 2]);
+    let error = error_of(load(truncated, &config, ImportMode::Exact));
+    assert!(matches!(error, ImportError::Format { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("truncated.pth.tar is not a readable PyTorch checkpoint"),
+        "{error}"
+    );
+
+    let text = scratch_file("notes.pth", b"this is not a checkpoint");
+    let error = error_of(load(text, &config, ImportMode::Exact));
+    assert!(
+        error
+            .to_string()
+            .contains("notes.pth is not a readable PyTorch checkpoint: not a zip archive"),
+        "{error}"
+    );
+
+    // Corrupt the pickle program: flip bytes in the middle of data.pkl's stored data.
+    let mut corrupt = original.clone();
+    let at = find(&corrupt, b"module.layer2.0.conv1.weight").expect("a key in the pickle");
+    corrupt[at - 6..at + 10].fill(0xfe);
+    let corrupt = scratch_file("corrupt.pth.tar", &corrupt);
+    let error = error_of(load(corrupt, &config, ImportMode::Exact));
+    assert!(matches!(error, ImportError::Format { .. }), "{error}");
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
