@@ -143,7 +143,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(format!("odd SETITEMS at byte {}", self.pos));
         }
         match self.top()? {
