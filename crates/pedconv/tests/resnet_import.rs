@@ -196,3 +196,113 @@ fn bad_files_give_clear_errors() {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+/// The exported safetensors file has the reference's keys and shapes (the golden key file, less
+/// `num_batches_tracked` and the `module.` prefix) and the checkpoint's values.
+#[test]
+fn safetensors_export_has_the_reference_layout() {
+    let config = golden_config();
+    let checkpoint = PytorchCheckpoint::read(golden_dir().join(CHECKPOINT)).unwrap();
+    let model = config
+        .init::<TestBackend>(&Default::default())
+        .load_pytorch(&checkpoint, &config, ImportMode::Exact)
+        .unwrap();
+    let path = scratch_file("export.safetensors", b"");
+    model.export_safetensors(&config, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let exported = SafeTensors::deserialize(&bytes).unwrap();
+    let mut expected: Vec<String> = checkpoint
+        .tensors()
+        .keys()
+        .filter(|k| !k.ends_with("num_batches_tracked"))
+        .map(|k| k.trim_start_matches("module.").to_string())
+        .collect();
+    expected.sort();
+    let mut names: Vec<String> = exported.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names, expected);
+    for key in [
+        "fc.weight",
+        "layer2.0.downsample.1.running_var",
+        "layer3.1.conv2.attn.decoder.0.weight",
+    ] {
+        let view = exported.tensor(key).unwrap();
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let original = &checkpoint.tensors()[&format!("module.{key}")];
+        assert_eq!(view.shape(), &original.shape[..], "{key}");
+        assert_eq!(values, original.to_vec::<f32>().unwrap(), "{key}");
+    }
+}
+
+/// burn's record format keeps every value: a saved and reloaded model gives the same logits.
+#[test]
+fn burn_record_round_trip() {
+    let config = golden_config();
+    let device = Default::default();
+    let model = config
+        .init_from_pytorch::<TestBackend>(golden_dir().join(CHECKPOINT), ImportMode::Exact, &device)
+        .unwrap();
+    let path = scratch_file("record", b"");
+    model.save_record(&path).unwrap();
+    let reloaded = config
+        .init::<TestBackend>(&device)
+        .load_record(&path, &device)
+        .unwrap();
+    let (x, _) = golden_io();
+    let x = x.narrow(0, 0, 1);
+    assert_close(
+        "reloaded logits",
+        &reloaded.forward(x.clone()),
+        &model.forward(x),
+        0.0,
+    );
+}
+
+/// torchvision's layout (a bare `state_dict` of a static ResNet, no `module.` prefix) loads into a
+/// static model exactly, and into a PEDConv model as its base weights.
+#[test]
+fn static_weights_load_into_static_and_pedconv_models() {
+    let golden = PytorchCheckpoint::read(golden_dir().join(CHECKPOINT)).unwrap();
+    let static_part: std::collections::BTreeMap<String, TensorData> = golden
+        .tensors()
+        .iter()
+        .filter(|(k, _)| !k.contains(".attn."))
+        .map(|(k, v)| (k.trim_start_matches("module.").to_string(), v.clone()))
+        .collect();
+    let checkpoint = PytorchCheckpoint::from_tensors("torchvision-layout.pth", static_part);
+    let device = Default::default();
+    let static_config = golden_config().with_pedconv(None);
+    static_config
+        .init::<TestBackend>(&device)
+        .load_pytorch(&checkpoint, &static_config, ImportMode::Exact)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = golden_config();
+    let error = error_of(config.init::<TestBackend>(&device).load_pytorch(
+        &checkpoint,
+        &config,
+        ImportMode::Exact,
+    ));
+    assert!(
+        error
+            .to_string()
+            .contains("layer1.0.conv1.attn.fc_share.weight: missing from the file"),
+        "{error}"
+    );
+    let model = config
+        .init::<TestBackend>(&device)
+        .load_pytorch(&checkpoint, &config, ImportMode::BaseWeights)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pedconv::resnet::ConvLayer::Dynamic(conv) = &model.layer1[0].conv1 else {
+        panic!("layer1.0.conv1 is dynamic")
+    };
+    assert_eq!(
+        conv.weight.val().into_data().to_vec::<f32>().unwrap(),
+        golden.tensors()["module.layer1.0.conv1.weight"]
+            .to_vec::<f32>()
+            .unwrap()
+    );
+}

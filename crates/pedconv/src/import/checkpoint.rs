@@ -150,6 +150,15 @@ impl PytorchCheckpoint {
         Ok(Self { path, tensors })
     }
 
+    /// A state dict held in memory (for example, tensors assembled by a program of one's own),
+    /// reported under `name` in errors.
+    pub fn from_tensors(name: impl Into<PathBuf>, tensors: BTreeMap<String, TensorData>) -> Self {
+        Self {
+            path: name.into(),
+            tensors,
+        }
+    }
+
     /// The file it was read from.
     pub fn path(&self) -> &Path {
         &self.path

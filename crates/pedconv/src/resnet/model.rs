@@ -6,6 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, AvgPool2d, AvgPool2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::record::DefaultRecorder;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -168,6 +169,27 @@ impl<B: Backend> ResNet<B> {
             logits,
             info_max_loss: losses.into_iter().reduce(|a, b| a + b),
         }
+    }
+
+    /// Saves the weights and batch-norm statistics in burn's record format at full precision
+    /// (`DefaultRecorder`; the file gets the `.mpk` extension).
+    pub fn save_record(&self, path: impl Into<std::path::PathBuf>) -> Result<(), String> {
+        let path = path.into();
+        self.clone()
+            .save_file(path.clone(), &DefaultRecorder::new())
+            .map_err(|error| format!("cannot save {}: {error}", path.display()))
+    }
+
+    /// Loads weights saved by [`save_record`](Self::save_record) into this model, which must have
+    /// the same architecture.
+    pub fn load_record(
+        self,
+        path: impl Into<std::path::PathBuf>,
+        device: &B::Device,
+    ) -> Result<Self, String> {
+        let path = path.into();
+        self.load_file(path.clone(), &DefaultRecorder::new(), device)
+            .map_err(|error| format!("cannot load {}: {error}", path.display()))
     }
 
     fn run(&self, images: Tensor<B, 4>, mut losses: Losses<'_, B>) -> Tensor<B, 2> {

@@ -1,8 +1,9 @@
-//! Loading PyTorch weights (the paper's checkpoints, torchvision's ResNets) into a [`ResNet`].
+//! PyTorch interchange of a [`ResNet`]: loading the paper's checkpoints and torchvision's
+//! weights, and exporting to safetensors with the reference's key names.
 
 use burn::module::ParamId;
 use burn::tensor::backend::Backend;
-use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
 
 use super::config::{ResNetConfig, ResNetVariant};
 use super::model::ResNet;
@@ -18,54 +19,54 @@ pub enum ImportMode {
     BaseWeights,
 }
 
-/// The module path of a `state_dict` key in our ResNet: without the distributed-training
-/// `module.` prefix, with the shortcut's and the decoder's numbered children named, and batch
-/// norms' `weight`/`bias` as `gamma`/`beta`.
-fn burn_path(key: &str, variant: ResNetVariant) -> String {
-    let key = key.strip_prefix("module.").unwrap_or(key);
+/// The reference's names of the modules that ours name differently: the shortcut's numbered
+/// children (after the "d" variant's pool) and the decoder's layers. `(reference, ours)`.
+fn renamed_modules(variant: ResNetVariant) -> [(&'static str, &'static str); 4] {
     let (conv, bn) = match variant {
         ResNetVariant::Classic => ("downsample.0.", "downsample.1."),
         ResNetVariant::D => ("downsample.1.", "downsample.2."),
     };
-    let path = key
-        .replace(conv, "downsample.conv.")
-        .replace(bn, "downsample.bn.")
-        .replace("attn.decoder.0.", "attn.decoder.hidden.")
-        .replace("attn.decoder.2.", "attn.decoder.output.");
-    // Batch norms (`bn1`, `downsample.bn`, …) call their scale and shift `gamma` and `beta`.
-    match path.rsplit_once('.') {
-        Some((module, param))
-            if module
-                .rsplit('.')
-                .next()
-                .is_some_and(|m| m.starts_with("bn")) =>
-        {
-            match param {
-                "weight" => format!("{module}.gamma"),
-                "bias" => format!("{module}.beta"),
-                _ => path,
-            }
-        }
+    [
+        (conv, "downsample.conv."),
+        (bn, "downsample.bn."),
+        ("attn.decoder.0.", "attn.decoder.hidden."),
+        ("attn.decoder.2.", "attn.decoder.output."),
+    ]
+}
+
+/// If a module path ends in a batch norm's parameter (`bn1.weight`, `downsample.bn.gamma`, …).
+fn batch_norm_param(path: &str) -> Option<(&str, &str)> {
+    let (module, param) = path.rsplit_once('.')?;
+    let name = module.rsplit('.').next()?;
+    (name.starts_with("bn")).then_some((module, param))
+}
+
+/// The module path of a `state_dict` key in our ResNet: without the distributed-training
+/// `module.` prefix, with [`renamed_modules`], and batch norms' `weight`/`bias` as
+/// `gamma`/`beta`.
+fn burn_path(key: &str, variant: ResNetVariant) -> String {
+    let mut path = key.strip_prefix("module.").unwrap_or(key).to_string();
+    for (reference, ours) in renamed_modules(variant) {
+        path = path.replace(reference, ours);
+    }
+    match batch_norm_param(&path) {
+        Some((module, "weight")) => format!("{module}.gamma"),
+        Some((module, "bias")) => format!("{module}.beta"),
         _ => path,
     }
 }
 
-/// The reference's key for a burn module path (for messages): the inverse of [`burn_path`], and
-/// batch norms' `gamma`/`beta` as `weight`/`bias`.
+/// The reference's `state_dict` key (without `module.`) of one of our module paths: the inverse
+/// of [`burn_path`].
 fn reference_key(path: &str, variant: ResNetVariant) -> String {
-    let (conv, bn) = match variant {
-        ResNetVariant::Classic => ("downsample.0.", "downsample.1."),
-        ResNetVariant::D => ("downsample.1.", "downsample.2."),
-    };
-    let path = path
-        .replace("downsample.conv.", conv)
-        .replace("downsample.bn.", bn)
-        .replace("attn.decoder.hidden.", "attn.decoder.0.")
-        .replace("attn.decoder.output.", "attn.decoder.2.");
-    match path.rsplit_once('.') {
+    let mut key = path.to_string();
+    for (reference, ours) in renamed_modules(variant) {
+        key = key.replace(ours, reference);
+    }
+    match batch_norm_param(&key) {
         Some((module, "gamma")) => format!("{module}.weight"),
         Some((module, "beta")) => format!("{module}.bias"),
-        _ => path,
+        _ => key,
     }
 }
 
@@ -150,5 +151,44 @@ impl ResNetConfig {
     ) -> Result<ResNet<B>, ImportError> {
         let checkpoint = PytorchCheckpoint::read(path)?;
         self.init(device).load_pytorch(&checkpoint, self, mode)
+    }
+}
+
+impl<B: Backend> ResNet<B> {
+    /// Writes the model's tensors to a safetensors file in the reference's layout: its
+    /// `state_dict` keys (without `module.`), PyTorch's `Linear` orientation, batch-norm running
+    /// statistics included. `config` must be the one the model was built with.
+    pub fn export_safetensors(
+        &self,
+        config: &ResNetConfig,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<(), String> {
+        let path = path.as_ref();
+        let tensors: Vec<(String, burn::tensor::TensorData)> = self
+            .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+            .into_iter()
+            .map(|snapshot| {
+                let key = reference_key(&snapshot.full_path(), config.variant);
+                snapshot
+                    .to_data()
+                    .map(|data| (key.clone(), data))
+                    .map_err(|error| format!("tensor {key}: {error:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let views = tensors
+            .iter()
+            .map(|(key, data)| {
+                let dtype = match data.dtype {
+                    burn::tensor::DType::F32 => safetensors::Dtype::F32,
+                    burn::tensor::DType::F64 => safetensors::Dtype::F64,
+                    other => return Err(format!("tensor {key}: unsupported dtype {other:?}")),
+                };
+                safetensors::tensor::TensorView::new(dtype, data.shape.to_vec(), data.as_bytes())
+                    .map(|view| (key.clone(), view))
+                    .map_err(|error| format!("tensor {key}: {error}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        safetensors::serialize_to_file(views, None, path)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))
     }
 }
