@@ -9,6 +9,8 @@
 //! allocation above what was allocated before the measured call (inputs and parameters), counted
 //! by a global allocator wrapper, over the warm-up run.
 
+mod cli;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -45,6 +47,8 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+const PROGRAM: &str = "layer_bench";
 
 type Inference = Flex;
 type Training = Autodiff<Flex>;
@@ -178,8 +182,8 @@ fn main() {
                 .unwrap_or_else(|| fail(&format!("{flag} needs a value")))
         };
         match flag.as_str() {
-            "--batch" => batch = parse(&flag, &value()),
-            "--reps" => reps = parse::<usize>(&flag, &value()).max(1),
+            "--batch" => batch = cli::parse(PROGRAM, &flag, &value()),
+            "--reps" => reps = cli::parse::<usize>(PROGRAM, &flag, &value()).max(1),
             "--json" => json = Some(value()),
             _ => fail(&format!(
                 "unknown argument `{flag}` (expected --batch N, --reps N, --json FILE)"
@@ -244,13 +248,6 @@ fn num_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> T {
-    value
-        .parse()
-        .unwrap_or_else(|_| fail(&format!("{flag}: `{value}` is not a valid number")))
-}
-
 fn fail(message: &str) -> ! {
-    eprintln!("layer_bench: {message}");
-    std::process::exit(2)
+    cli::fail(PROGRAM, message)
 }
