@@ -306,3 +306,22 @@ fn static_weights_load_into_static_and_pedconv_models() {
             .unwrap()
     );
 }
+
+/// The golden checkpoint's architecture is read off its keys and shapes.
+#[test]
+fn architecture_is_inferred_from_the_state_dict() {
+    let checkpoint = PytorchCheckpoint::read(golden_dir().join(CHECKPOINT)).unwrap();
+    let inferred = ResNetConfig::from_state_dict(&checkpoint).unwrap();
+    let expected = golden_config();
+    assert_eq!(inferred.depth, expected.depth);
+    assert_eq!(inferred.variant, expected.variant);
+    assert_eq!(inferred.width, expected.width);
+    assert_eq!(inferred.num_classes, expected.num_classes);
+    let settings = inferred.pedconv.as_ref().expect("PEDConv");
+    assert_eq!((settings.rank, settings.info_max_decoder), (1, true));
+    // Models built from the inferred configuration load the file exactly.
+    inferred
+        .init::<TestBackend>(&Default::default())
+        .load_pytorch(&checkpoint, &inferred, ImportMode::Exact)
+        .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -5,7 +5,7 @@ use burn::module::ParamId;
 use burn::tensor::backend::Backend;
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
 
-use super::config::{ResNetConfig, ResNetVariant};
+use super::config::{ResNetConfig, ResNetDepth, ResNetVariant};
 use super::model::ResNet;
 use crate::import::{ImportError, PytorchCheckpoint};
 
@@ -190,5 +190,85 @@ impl<B: Backend> ResNet<B> {
             .collect::<Result<Vec<_>, _>>()?;
         safetensors::serialize_to_file(views, None, path)
             .map_err(|error| format!("cannot write {}: {error}", path.display()))
+    }
+}
+
+impl ResNetConfig {
+    /// The architecture a ResNet `state_dict` describes, read off its keys and shapes: depth
+    /// (blocks per stage, basic or bottleneck), variant (a three-convolution stem), width (the
+    /// stem's channels over 64), classes (the classifier's rows), and PEDConv (attention
+    /// branches present) with the paper's settings and `rank` read off the attention heads.
+    pub fn from_state_dict(checkpoint: &PytorchCheckpoint) -> Result<Self, ImportError> {
+        let invalid = |message: String| ImportError::Format {
+            path: checkpoint.path().to_path_buf(),
+            message,
+        };
+        let tensors: std::collections::BTreeMap<&str, &[usize]> = checkpoint
+            .tensors()
+            .iter()
+            .map(|(k, v)| (k.strip_prefix("module.").unwrap_or(k), &v.shape[..]))
+            .collect();
+        let shape = |key: &str| {
+            tensors
+                .get(key)
+                .copied()
+                .ok_or_else(|| invalid(format!("no {key}: not a ResNet state_dict")))
+        };
+        let variant = if tensors.contains_key("conv3.weight") {
+            ResNetVariant::D
+        } else {
+            ResNetVariant::Classic
+        };
+        let stem_out = match variant {
+            ResNetVariant::Classic => shape("conv1.weight")?[0],
+            ResNetVariant::D => shape("conv3.weight")?[0],
+        };
+        let blocks: Vec<usize> = (1..=4)
+            .map(|stage| {
+                let prefix = format!("layer{stage}.");
+                tensors
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(prefix.as_str()))
+                    .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+                    .max()
+                    .map_or(0, |last| last + 1)
+            })
+            .collect();
+        let bottleneck = tensors.contains_key("layer1.0.conv3.weight");
+        let depth = [
+            ResNetDepth::R18,
+            ResNetDepth::R34,
+            ResNetDepth::R50,
+            ResNetDepth::R101,
+            ResNetDepth::R152,
+        ]
+        .into_iter()
+        .find(|d| d.blocks()[..] == blocks[..] && d.bottleneck() == bottleneck)
+        .ok_or_else(|| {
+            invalid(format!(
+                "{} blocks per stage {blocks:?} match no ResNet depth",
+                if bottleneck { "bottleneck" } else { "basic" }
+            ))
+        })?;
+        let [classes, _] = shape("fc.weight")?[..] else {
+            return Err(invalid("fc.weight is not a matrix".to_string()));
+        };
+        let mut config = ResNetConfig::new(depth)
+            .with_variant(variant)
+            .with_width(stem_out as f64 / 64.0)
+            .with_num_classes(classes);
+        if tensors.contains_key("layer1.0.conv1.attn.fc_k.weight") {
+            let rank = shape("layer1.0.conv1.attn.fc_k.weight")?[0]
+                / shape("layer1.0.conv1.weight")?[2..]
+                    .iter()
+                    .product::<usize>();
+            let decoder = tensors.contains_key("layer1.0.conv1.attn.decoder.0.weight");
+            config = config.with_pedconv(Some(
+                super::config::PedConvSettings::new()
+                    .with_rank(rank)
+                    .with_info_max_decoder(decoder),
+            ));
+        }
+        Ok(config)
     }
 }
