@@ -1,0 +1,207 @@
+//! `pedconv eval`: top-1, top-5 and loss of a ResNet on the validation split of an image folder.
+
+use std::path::{Path, PathBuf};
+
+use burn::config::Config;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use pedconv::import::PytorchCheckpoint;
+use pedconv::resnet::{ImportMode, ResNet, ResNetConfig};
+use rayon::prelude::*;
+
+use crate::backend::BackendJob;
+use crate::data::{eval_image, ImageFolder};
+
+/// What `eval` measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalReport {
+    /// Top-1 accuracy, in percent.
+    pub top1: f64,
+    /// Top-5 accuracy, in percent.
+    pub top5: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Images evaluated.
+    pub images: usize,
+    /// Images skipped because they could not be read.
+    pub skipped: usize,
+}
+
+/// How one prediction scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Score {
+    /// Cross-entropy: `log Σ exp(logits) - logits[label]`.
+    loss: f64,
+    /// How many classes have a strictly higher logit than the label's (0: a top-1 hit).
+    rank: usize,
+}
+
+impl Score {
+    fn of(logits: &[f32], label: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum = max
+            + logits
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        Self {
+            loss: log_sum - logits[label] as f64,
+            rank: logits.iter().filter(|&&v| v > logits[label]).count(),
+        }
+    }
+}
+
+/// An evaluation to run on a backend.
+pub struct Evaluation {
+    pub weights: PathBuf,
+    pub config: Option<PathBuf>,
+    pub folder: ImageFolder,
+    pub batch_size: usize,
+    pub resize: u32,
+    pub crop: u32,
+    /// Stop when more than this fraction of the images cannot be read.
+    pub max_bad_fraction: f64,
+    pub progress: bool,
+}
+
+fn is_pytorch(path: &Path) -> bool {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    name.ends_with(".pth")
+        || name.ends_with(".pt")
+        || name.ends_with(".tar")
+        || name.ends_with(".bin")
+}
+
+/// The model described by `--weights` (and `--config`).
+fn load_model<B: Backend>(
+    weights: &Path,
+    config: Option<&Path>,
+    device: &B::Device,
+) -> Result<(ResNetConfig, ResNet<B>), String> {
+    let config = match config {
+        Some(path) => Some(
+            ResNetConfig::load(path)
+                .map_err(|e| format!("cannot read the model config {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    if is_pytorch(weights) {
+        let checkpoint = PytorchCheckpoint::read(weights).map_err(|e| e.to_string())?;
+        let config = match config {
+            Some(config) => config,
+            None => ResNetConfig::from_state_dict(&checkpoint).map_err(|e| e.to_string())?,
+        };
+        let model = config
+            .init(device)
+            .load_pytorch(&checkpoint, &config, ImportMode::Exact)
+            .map_err(|e| e.to_string())?;
+        Ok((config, model))
+    } else {
+        let config = config.ok_or_else(|| {
+            format!(
+                "{} is not a PyTorch checkpoint (.pth, .pt, .tar): a burn record needs --config \
+                 with the model's ResNetConfig JSON",
+                weights.display()
+            )
+        })?;
+        let model = config.init(device).load_record(weights, device)?;
+        Ok((config, model))
+    }
+}
+
+impl BackendJob for Evaluation {
+    type Output = EvalReport;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<EvalReport, String> {
+        let (config, model) = load_model::<B>(&self.weights, self.config.as_deref(), &device)?;
+        let classes = self.folder.classes.len();
+        if classes > config.num_classes {
+            return Err(format!(
+                "the data has {classes} classes, the model only {}",
+                config.num_classes
+            ));
+        }
+        let total = self.folder.items.len();
+        let (mut top1, mut top5, mut loss, mut images, mut skipped) =
+            (0usize, 0usize, 0.0f64, 0usize, 0usize);
+        let plane = 3 * (self.crop * self.crop) as usize;
+        for (index, chunk) in self.folder.items.chunks(self.batch_size).enumerate() {
+            let decoded: Vec<Result<(Vec<f32>, usize), String>> = chunk
+                .par_iter()
+                .map(|(path, label)| eval_image(path, self.resize, self.crop).map(|v| (v, *label)))
+                .collect();
+            let mut pixels = Vec::with_capacity(chunk.len() * plane);
+            let mut labels = Vec::with_capacity(chunk.len());
+            for item in decoded {
+                match item {
+                    Ok((values, label)) => {
+                        pixels.extend(values);
+                        labels.push(label);
+                    }
+                    Err(message) => {
+                        skipped += 1;
+                        eprintln!("warning: skipped an unreadable image: {message}");
+                    }
+                }
+            }
+            if skipped as f64 > self.max_bad_fraction * total as f64 {
+                return Err(format!(
+                    "{skipped} of {total} images could not be read, more than the allowed fraction {}",
+                    self.max_bad_fraction
+                ));
+            }
+            if labels.is_empty() {
+                continue;
+            }
+            let batch = labels.len();
+            let input = Tensor::<B, 4>::from_data(
+                TensorData::new(pixels, [batch, 3, self.crop as usize, self.crop as usize]),
+                &device,
+            );
+            let logits = model.forward(input).into_data().convert::<f32>();
+            let logits = logits.to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+            for (row, &label) in logits.chunks(config.num_classes).zip(&labels) {
+                let score = Score::of(row, label);
+                loss += score.loss;
+                top1 += usize::from(score.rank < 1);
+                top5 += usize::from(score.rank < 5);
+            }
+            images += batch;
+            if self.progress {
+                eprintln!(
+                    "batch {}: {images}/{total} images, top-1 so far {:.2}%",
+                    index + 1,
+                    100.0 * top1 as f64 / images as f64
+                );
+            }
+        }
+        if images == 0 {
+            return Err("no image could be evaluated".to_string());
+        }
+        let n = images as f64;
+        Ok(EvalReport {
+            top1: 100.0 * top1 as f64 / n,
+            top5: 100.0 * top5 as f64 / n,
+            loss: loss / n,
+            images,
+            skipped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Score;
+
+    #[test]
+    fn scores_follow_the_definitions() {
+        // softmax([0, ln 3, 0])[1] = 3 / 5.
+        let score = Score::of(&[0.0, 3f32.ln(), 0.0], 1);
+        assert!((score.loss - (5.0f64 / 3.0).ln()).abs() < 1e-6, "{score:?}");
+        assert_eq!(score.rank, 0);
+        let logits = [0.9, 0.1, 0.8, 0.7, 0.6, 0.5, 0.4];
+        assert_eq!(Score::of(&logits, 5).rank, 4); // top-5, not top-1
+        assert_eq!(Score::of(&logits, 6).rank, 5); // not top-5
+    }
+}
