@@ -34,10 +34,9 @@ fn test_wgpu() -> Result<(), String> {
     // One test thread: with several, Mesa's software Vulkan driver occasionally crashes at exit.
     cargo(&[
         "test",
-        "--package",
-        "pedconv",
+        "--workspace",
         "--features",
-        "test-wgpu",
+        "pedconv/test-wgpu",
         "--",
         "--test-threads=1",
     ])
