@@ -24,6 +24,14 @@ impl ParameterCounts {
     pub fn total(&self) -> usize {
         self.inference() + self.decoder
     }
+
+    /// What a static convolution of the same shape has: the base alone.
+    pub fn static_part(&self) -> Self {
+        Self {
+            base: self.base,
+            ..Self::default()
+        }
+    }
 }
 
 impl core::ops::Add for ParameterCounts {
@@ -56,6 +64,14 @@ impl MacCounts {
     /// Multiply-accumulates of an inference forward: conv, attention and modulation.
     pub fn inference(&self) -> u64 {
         self.conv + self.attention + self.modulation
+    }
+
+    /// What a static convolution of the same shape does: the convolution alone.
+    pub fn static_part(&self) -> Self {
+        Self {
+            conv: self.conv,
+            ..Self::default()
+        }
     }
 }
 

@@ -186,12 +186,30 @@ impl<B: Backend> PedConv2d<B> {
     /// - `input`: `[batch_size, channels_in, height_in, width_in]`
     /// - `factors`: `[batch_size, rank, entries]` (see [`AttentionFactors`])
     /// - output: `[batch_size, channels_out, height_out, width_out]`
+    ///
+    /// # Panics
+    /// When a factor's shape is not `[batch_size, rank, entries]`.
     pub fn forward_with_factors(
         &self,
         input: Tensor<B, 4>,
         factors: &AttentionFactors<B>,
     ) -> Tensor<B, 4> {
         let geometry = self.check_input(&input);
+        let sizes = self.sizes();
+        let batch = input.dims()[0];
+        for (name, factor, entries) in [
+            ("input", &factors.input, sizes.input),
+            ("output", &factors.output, sizes.output),
+            ("kernel", &factors.kernel, sizes.kernel),
+        ] {
+            assert_eq!(
+                factor.dims(),
+                [batch, sizes.rank, entries],
+                "AttentionFactors::{name} has shape {:?}, the layer needs [batch, rank, entries] = {:?}",
+                factor.dims(),
+                [batch, sizes.rank, entries]
+            );
+        }
         self.modulated_conv(input, factors, &geometry)
     }
 

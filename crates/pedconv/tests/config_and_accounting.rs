@@ -100,6 +100,19 @@ fn wrong_noise_shape_is_named() {
 }
 
 #[test]
+#[should_panic(
+    expected = "AttentionFactors::kernel has shape [2, 1, 4], the layer needs [batch, rank, entries] = [2, 1, 9]"
+)]
+fn wrong_factor_shape_is_named() {
+    let factors = pedconv::AttentionFactors::<TestBackend> {
+        input: normal([2, 1, 8]),
+        output: normal([2, 1, 16]),
+        kernel: normal([2, 1, 4]),
+    };
+    layer().forward_with_factors(normal([2, 8, 6, 6]), &factors);
+}
+
+#[test]
 fn hidden_width_is_in_over_reduction_and_never_zero() {
     let config = |channels_in| PedConv2dConfig::new([channels_in, 8], [3, 3]);
     assert_eq!(config(64).hidden_width(), 4);

@@ -115,14 +115,7 @@ impl ResNetConfig {
         let mut add_conv = |spec: ConvSpec| {
             let layer = self.conv_config(spec).parameter_counts();
             counts = counts
-                + if spec.dynamic {
-                    layer
-                } else {
-                    ParameterCounts {
-                        base: layer.base,
-                        ..Default::default()
-                    }
-                }
+                + if spec.dynamic { layer } else { layer.static_part() }
                 // The batch norm after every convolution: scale and shift.
                 + ParameterCounts {
                     base: 2 * spec.channels[1],
@@ -154,10 +147,7 @@ impl ResNetConfig {
                 + if spec.dynamic {
                     macs
                 } else {
-                    MacCounts {
-                        conv: macs.conv,
-                        ..Default::default()
-                    }
+                    macs.static_part()
                 };
             config_output(&config, size)
         };
