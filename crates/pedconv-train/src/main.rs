@@ -1,17 +1,24 @@
 //! `pedconv`: the command line of the pedconv project.
 
 mod backend;
+mod builtin;
+mod config;
 mod data;
 mod eval;
+mod schedule;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use burn::config::Config;
 use clap::{Parser, Subcommand};
 
 use backend::{dispatch, BackendChoice};
+use config::TrainConfig;
 use data::ImageFolder;
 use eval::Evaluation;
+use train::Training;
 
 #[derive(Parser)]
 #[command(
@@ -26,8 +33,98 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a ResNet with burn-train (by default a small PEDConv ResNet on the built-in data).
+    Train(TrainArgs),
     /// Top-1, top-5 and loss of a model on the validation images of a folder.
     Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The experiment configuration (JSON); the built-in default when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The run directory (config, checkpoints, metrics, report); it must not hold a run already.
+    #[arg(long, default_value = "runs/default")]
+    output: PathBuf,
+    /// Overrides the configuration's epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Overrides the configuration's batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Overrides the configuration's learning rate (per `lr_reference_batch` images).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Overrides the configuration's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The compute backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Flex)]
+    backend: BackendChoice,
+    /// The GPU index, for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Print the configuration (after the overrides) as JSON and exit, without training.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn train(args: TrainArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => TrainConfig::load(path)
+            .map_err(|e| format!("cannot read the configuration {}: {e}", path.display()))?,
+        None => TrainConfig::builtin(),
+    };
+    if let Some(epochs) = args.epochs {
+        config.epochs = epochs;
+    }
+    if let Some(batch_size) = args.batch_size {
+        config.batch_size = batch_size;
+    }
+    if let Some(lr) = args.lr {
+        config.lr = lr;
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    config
+        .validate()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    if args.print_config {
+        println!("{config}");
+        return Ok(());
+    }
+    let saved = args.output.join("config.json");
+    if saved.exists() {
+        return Err(format!(
+            "{} already holds a run (its config.json exists); choose another --output",
+            args.output.display()
+        ));
+    }
+    std::fs::create_dir_all(&args.output)
+        .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
+    config
+        .save(&saved)
+        .map_err(|e| format!("cannot write {}: {e}", saved.display()))?;
+    println!(
+        "training {} epochs of {} images (batch {}, peak lr {:.4}) on {:?}; run directory {}",
+        config.epochs,
+        config.data.train_images,
+        config.batch_size,
+        config.peak_lr(),
+        args.backend,
+        args.output.display()
+    );
+    dispatch(
+        args.backend,
+        args.device,
+        Training {
+            config,
+            output: args.output,
+            backend_name: format!("{:?}", args.backend).to_lowercase(),
+        },
+    )
 }
 
 #[derive(clap::Args)]
@@ -122,6 +219,7 @@ fn eval(args: EvalArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
     };
     match result {

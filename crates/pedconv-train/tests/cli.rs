@@ -144,3 +144,90 @@ fn bad_input_is_named() {
     ]);
     assert!(!ok && stderr.contains("has no class folders"), "{stderr}");
 }
+
+/// A tiny configuration, from the default that `train --print-config` prints.
+fn tiny_config(dir: &Path) -> PathBuf {
+    let (ok, stdout, stderr) = pedconv(&[
+        "train",
+        "--print-config",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+    ]);
+    assert!(ok, "{stderr}");
+    let mut config: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    config["model"]["width"] = 0.0625.into();
+    config["data"] =
+        serde_json::json!({"train_images": 48, "valid_images": 16, "image_size": 16, "workers": 0});
+    let path = dir.join("tiny.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn train_writes_a_run_directory_and_never_overwrites_it() {
+    let dir = scratch("train");
+    let config = tiny_config(&dir);
+    let output = dir.join("run");
+    let args = [
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    let (ok, stdout, stderr) = pedconv(&args);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("epoch   2/2"),
+        "one line per epoch: {stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["epochs"].as_array().unwrap().len(), 2, "{report}");
+    assert!(report["best_top1"].as_f64().is_some(), "{report}");
+    assert_eq!(report["config"]["batch_size"], 16);
+    for file in ["config.json", "model.mpk", "checkpoint/model-2.mpk"] {
+        assert!(output.join(file).exists(), "{file} is missing");
+    }
+    let (ok, _, stderr) = pedconv(&args);
+    assert!(!ok && stderr.contains("already holds a run"), "{stderr}");
+}
+
+#[test]
+fn bad_training_configurations_are_named() {
+    let dir = scratch("bad-config");
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, "{ not json").unwrap();
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--config",
+        broken.to_str().unwrap(),
+        "--output",
+        dir.join("a").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("cannot read the configuration") && stderr.contains("broken.json"),
+        "{stderr}"
+    );
+    let tiny = tiny_config(&dir);
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--config",
+        tiny.to_str().unwrap(),
+        "--batch-size",
+        "0",
+        "--output",
+        dir.join("b").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("batch_size must be positive"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.join("b").exists(),
+        "nothing is written for an invalid configuration"
+    );
+}
