@@ -375,3 +375,78 @@ fn write_report(job: &Training, records: &[EpochRecord], wall: f64) -> Result<()
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::TensorData;
+    use pedconv::resnet::{ResNetConfig, ResNetDepth};
+
+    type B = Autodiff<Flex>;
+
+    fn classifier(weight_decay: f64) -> Classifier<B> {
+        B::seed(&Default::default(), 7);
+        let net = ResNetConfig::new(ResNetDepth::R18)
+            .with_width(0.0625)
+            .with_num_classes(3)
+            .init(&Default::default());
+        Classifier {
+            net,
+            label_smoothing: 0.1,
+            info_max_weight: 0.001,
+            weight_decay,
+        }
+    }
+
+    fn grads(model: &Classifier<B>) -> GradientsParams {
+        let device = Default::default();
+        let images = Tensor::from_data(
+            TensorData::new(
+                (0..2 * 3 * 16 * 16)
+                    .map(|i| (i % 7) as f32 - 3.0)
+                    .collect::<Vec<_>>(),
+                [2, 3, 16, 16],
+            ),
+            &device,
+        );
+        let labels = Tensor::from_data(TensorData::new(vec![0i64, 2], [2]), &device);
+        TrainStep::step(model, ImageBatch { images, labels }).grads
+    }
+
+    /// Weight decay adds `decay · w` to the gradients of convolution and classifier weights, and
+    /// nothing to batch-norm parameters.
+    #[test]
+    fn weight_decay_skips_batch_norms() {
+        let plain = classifier(0.0);
+        let g0 = grads(&plain); // initialises the (lazy) parameters, which the clone then shares
+        let decayed = Classifier {
+            weight_decay: 0.5,
+            ..plain.clone()
+        };
+        let g1 = grads(&decayed);
+        let change = |id| -> Tensor<Flex, 1> {
+            let a: Tensor<Flex, 4> = g0.get(id).unwrap();
+            let b: Tensor<Flex, 4> = g1.get(id).unwrap();
+            (b - a).flatten(0, 3)
+        };
+        let conv = &plain.net.conv1.weight;
+        let expected = conv.val().inner().mul_scalar(0.5).flatten(0, 3);
+        assert!((change(conv.id) - expected).abs().max().into_scalar() < 1e-5);
+        let fc = &plain.net.fc.weight;
+        let a: Tensor<Flex, 2> = g0.get(fc.id).unwrap();
+        let b: Tensor<Flex, 2> = g1.get(fc.id).unwrap();
+        assert!(
+            (b - a - fc.val().inner().mul_scalar(0.5))
+                .abs()
+                .max()
+                .into_scalar()
+                < 1e-5
+        );
+        for gamma in [&plain.net.bn1.gamma, &plain.net.layer1[0].bn2.gamma] {
+            let a: Tensor<Flex, 1> = g0.get(gamma.id).unwrap();
+            let b: Tensor<Flex, 1> = g1.get(gamma.id).unwrap();
+            assert_eq!((b - a).abs().max().into_scalar(), 0.0);
+        }
+    }
+}
