@@ -45,8 +45,9 @@ struct TrainArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// The run directory (config, checkpoints, metrics, report); it must not hold a run already.
-    #[arg(long, default_value = "runs/default")]
-    output: PathBuf,
+    /// Default: the first free `runs/train-N`.
+    #[arg(long)]
+    output: Option<PathBuf>,
     /// Overrides the configuration's epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -95,15 +96,21 @@ fn train(args: TrainArgs) -> Result<(), String> {
         println!("{config}");
         return Ok(());
     }
-    let saved = args.output.join("config.json");
+    let output = args.output.unwrap_or_else(|| {
+        (1..)
+            .map(|n| PathBuf::from(format!("runs/train-{n}")))
+            .find(|dir| !dir.exists())
+            .expect("a free run directory")
+    });
+    let saved = output.join("config.json");
     if saved.exists() {
         return Err(format!(
             "{} already holds a run (its config.json exists); choose another --output",
-            args.output.display()
+            output.display()
         ));
     }
-    std::fs::create_dir_all(&args.output)
-        .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
+    std::fs::create_dir_all(&output)
+        .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
     config
         .save(&saved)
         .map_err(|e| format!("cannot write {}: {e}", saved.display()))?;
@@ -114,14 +121,14 @@ fn train(args: TrainArgs) -> Result<(), String> {
         config.batch_size,
         config.peak_lr(),
         args.backend,
-        args.output.display()
+        output.display()
     );
     dispatch(
         args.backend,
         args.device,
         Training {
             config,
-            output: args.output,
+            output,
             backend_name: format!("{:?}", args.backend).to_lowercase(),
         },
     )
