@@ -16,9 +16,9 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// A validation folder of two classes with a colour PNG, a grayscale JPEG named `.JPEG`, an RGBA
-/// `.PNG`, and one corrupt `.jpg`.
-fn mixed_folder() -> PathBuf {
-    let root = scratch("mixed");
+/// `.PNG`, and one corrupt `.jpg`, under a scratch folder of its own (`name`: tests run at once).
+fn mixed_folder(name: &str) -> PathBuf {
+    let root = scratch(name);
     let val = root.join("val");
     for class in ["cat", "dog"] {
         std::fs::create_dir_all(val.join(class)).unwrap();
@@ -53,7 +53,7 @@ fn pedconv(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn eval_prints_one_json_object() {
-    let data = mixed_folder();
+    let data = mixed_folder("eval-json");
     let weights = golden_checkpoint();
     let (ok, stdout, stderr) = pedconv(&[
         "eval",
@@ -85,7 +85,7 @@ fn eval_prints_one_json_object() {
 fn bad_input_is_named() {
     let weights = golden_checkpoint();
     let weights = weights.to_str().unwrap();
-    let data = mixed_folder();
+    let data = mixed_folder("eval-errors");
     let data = data.to_str().unwrap();
     let cases: [(Vec<&str>, &str); 4] = [
         (
