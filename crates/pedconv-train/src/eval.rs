@@ -94,7 +94,7 @@ fn load_model<B: Backend>(
         };
         let model = config
             .init(device)
-            .load_pytorch(&checkpoint, &config, ImportMode::Exact)
+            .load_pytorch(&checkpoint, ImportMode::Exact)
             .map_err(|e| e.to_string())?;
         Ok((config, model))
     } else {

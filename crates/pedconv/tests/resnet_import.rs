@@ -205,10 +205,10 @@ fn safetensors_export_has_the_reference_layout() {
     let checkpoint = PytorchCheckpoint::read(golden_dir().join(CHECKPOINT)).unwrap();
     let model = config
         .init::<TestBackend>(&Default::default())
-        .load_pytorch(&checkpoint, &config, ImportMode::Exact)
+        .load_pytorch(&checkpoint, ImportMode::Exact)
         .unwrap();
     let path = scratch_file("export.safetensors", b"");
-    model.export_safetensors(&config, &path).unwrap();
+    model.export_safetensors(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let exported = SafeTensors::deserialize(&bytes).unwrap();
     let mut expected: Vec<String> = checkpoint
@@ -278,14 +278,14 @@ fn static_weights_load_into_static_and_pedconv_models() {
     let static_config = golden_config().with_pedconv(None);
     static_config
         .init::<TestBackend>(&device)
-        .load_pytorch(&checkpoint, &static_config, ImportMode::Exact)
+        .load_pytorch(&checkpoint, ImportMode::Exact)
         .unwrap_or_else(|e| panic!("{e}"));
     let config = golden_config();
-    let error = error_of(config.init::<TestBackend>(&device).load_pytorch(
-        &checkpoint,
-        &config,
-        ImportMode::Exact,
-    ));
+    let error = error_of(
+        config
+            .init::<TestBackend>(&device)
+            .load_pytorch(&checkpoint, ImportMode::Exact),
+    );
     assert!(
         error
             .to_string()
@@ -294,7 +294,7 @@ fn static_weights_load_into_static_and_pedconv_models() {
     );
     let model = config
         .init::<TestBackend>(&device)
-        .load_pytorch(&checkpoint, &config, ImportMode::BaseWeights)
+        .load_pytorch(&checkpoint, ImportMode::BaseWeights)
         .unwrap_or_else(|e| panic!("{e}"));
     let pedconv::resnet::ConvLayer::Dynamic(conv) = &model.layer1[0].conv1 else {
         panic!("layer1.0.conv1 is dynamic")
@@ -322,6 +322,6 @@ fn architecture_is_inferred_from_the_state_dict() {
     // Models built from the inferred configuration load the file exactly.
     inferred
         .init::<TestBackend>(&Default::default())
-        .load_pytorch(&checkpoint, &inferred, ImportMode::Exact)
+        .load_pytorch(&checkpoint, ImportMode::Exact)
         .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -171,6 +171,15 @@ impl<B: Backend> ResNet<B> {
         }
     }
 
+    /// The stem and shortcut style, as built: the "d" variant has a three-convolution stem.
+    pub fn variant(&self) -> ResNetVariant {
+        if self.conv3.is_some() {
+            ResNetVariant::D
+        } else {
+            ResNetVariant::Classic
+        }
+    }
+
     /// Saves the weights and batch-norm statistics in burn's record format at full precision
     /// (`DefaultRecorder`; the file gets the `.mpk` extension).
     pub fn save_record(&self, path: impl Into<std::path::PathBuf>) -> Result<(), String> {

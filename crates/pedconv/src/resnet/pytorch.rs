@@ -77,16 +77,15 @@ fn is_attention(path: &str) -> bool {
 impl<B: Backend> ResNet<B> {
     /// Replaces this model's weights (and batch-norm statistics) with a checkpoint's.
     ///
-    /// `config` must be the one the model was built with (it tells the shortcut layout). On any
+    /// On any
     /// mismatch the error lists every missing, unexpected and misshapen key, with the expected and
     /// found shapes, and no model is returned.
     pub fn load_pytorch(
         mut self,
         checkpoint: &PytorchCheckpoint,
-        config: &ResNetConfig,
         mode: ImportMode,
     ) -> Result<Self, ImportError> {
-        let variant = config.variant;
+        let variant = self.variant();
         let snapshots: Vec<TensorSnapshot> = checkpoint
             .tensors()
             .iter()
@@ -150,25 +149,21 @@ impl ResNetConfig {
         device: &B::Device,
     ) -> Result<ResNet<B>, ImportError> {
         let checkpoint = PytorchCheckpoint::read(path)?;
-        self.init(device).load_pytorch(&checkpoint, self, mode)
+        self.init(device).load_pytorch(&checkpoint, mode)
     }
 }
 
 impl<B: Backend> ResNet<B> {
     /// Writes the model's tensors to a safetensors file in the reference's layout: its
     /// `state_dict` keys (without `module.`), PyTorch's `Linear` orientation, batch-norm running
-    /// statistics included. `config` must be the one the model was built with.
-    pub fn export_safetensors(
-        &self,
-        config: &ResNetConfig,
-        path: impl AsRef<std::path::Path>,
-    ) -> Result<(), String> {
+    /// statistics included.
+    pub fn export_safetensors(&self, path: impl AsRef<std::path::Path>) -> Result<(), String> {
         let path = path.as_ref();
         let tensors: Vec<(String, burn::tensor::TensorData)> = self
             .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
             .into_iter()
             .map(|snapshot| {
-                let key = reference_key(&snapshot.full_path(), config.variant);
+                let key = reference_key(&snapshot.full_path(), self.variant());
                 snapshot
                     .to_data()
                     .map(|data| (key.clone(), data))
