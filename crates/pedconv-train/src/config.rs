@@ -2,29 +2,26 @@
 
 use burn::config::Config;
 use pedconv::resnet::{ResNetConfig, ResNetDepth};
+use serde::{Deserialize, Serialize};
 
-use crate::builtin::CLASSES;
+use crate::data::builtin::CLASSES;
+use crate::data::{DataConfig, DataSource};
 
-/// The data of a run. Only the built-in generated set is available so far.
-#[derive(Config, Debug)]
-pub struct DataConfig {
-    /// Training images per epoch.
-    #[config(default = 3072)]
-    pub train_images: usize,
-    /// Validation images.
-    #[config(default = 768)]
-    pub valid_images: usize,
-    /// Image side, in pixels.
-    #[config(default = 32)]
-    pub image_size: usize,
-    /// Worker threads that generate and batch the images.
-    #[config(default = 2)]
-    pub workers: usize,
+/// How the learning rate falls after the warm-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LrDecay {
+    /// Half a cosine from the peak to 0 at the end of training.
+    Cosine,
+    /// A straight line from the peak to 0 at the end of training.
+    Linear,
+    /// The peak times `gamma` for every milestone (an epoch number) passed.
+    Step { milestones: Vec<usize>, gamma: f64 },
 }
 
 /// Everything a training run needs. Defaults are the paper's recipe where it applies
-/// (SGD momentum 0.875, lr 0.512 per 512 images, label smoothing 0.1, weight decay
-/// 3.0517578125e-05 without decay on batch-norm parameters, info-max weight 0.001).
+/// (SGD momentum 0.875, lr 0.512 per 512 images, cosine decay, label smoothing 0.1, mixup 0.2,
+/// weight decay 3.0517578125e-05 without decay on batch-norm parameters, info-max weight 0.001).
 #[derive(Config, Debug)]
 pub struct TrainConfig {
     /// The network.
@@ -34,19 +31,26 @@ pub struct TrainConfig {
     /// Training epochs.
     #[config(default = 8)]
     pub epochs: usize,
-    /// Images per optimizer step.
+    /// Images per forward and backward pass.
     #[config(default = 64)]
     pub batch_size: usize,
+    /// Images per optimizer step, a multiple of `batch_size`: the gradients of
+    /// `optimizer_batch_size / batch_size` passes are averaged before each step. `None`: one pass.
+    #[config(default = "None")]
+    pub optimizer_batch_size: Option<usize>,
     /// The peak learning rate for `lr_reference_batch` images; the run's peak is scaled linearly to
-    /// `batch_size`.
+    /// the optimizer batch size.
     #[config(default = 0.512)]
     pub lr: f64,
     /// The batch size `lr` is given for.
     #[config(default = 512)]
     pub lr_reference_batch: usize,
-    /// Linear warm-up epochs before the cosine decay.
-    #[config(default = 1)]
+    /// Linear warm-up epochs before the decay.
+    #[config(default = 8)]
     pub warmup_epochs: usize,
+    /// The decay after the warm-up (the rate changes every iteration).
+    #[config(default = "LrDecay::Cosine")]
+    pub decay: LrDecay,
     /// SGD momentum (without dampening, as PyTorch's).
     #[config(default = 0.875)]
     pub momentum: f64,
@@ -59,48 +63,79 @@ pub struct TrainConfig {
     /// Label smoothing of the cross-entropy.
     #[config(default = 0.1)]
     pub label_smoothing: f64,
+    /// The Beta parameter of mixup; 0 turns mixup off.
+    #[config(default = 0.2)]
+    pub mixup: f64,
     /// Weight of the summed information-maximisation losses in the training loss.
     #[config(default = 0.001)]
     pub info_max_weight: f64,
-    /// Seed of the backend's random numbers and of the data order.
+    /// Checkpoints kept besides the best one (by validation top-1).
+    #[config(default = 2)]
+    pub keep_checkpoints: usize,
+    /// Seed of the initialisation, the noise, the data order and the augmentations.
     #[config(default = 42)]
     pub seed: u64,
 }
 
 impl TrainConfig {
-    /// The built-in default: a PEDConv ResNet-18 at width 1/8 on the generated set, a few minutes
-    /// on a CPU.
+    /// The built-in default: a PEDConv ResNet-18 at width 1/8 on the generated 32×32 images,
+    /// a minute or two on a CPU (one warm-up epoch, no mixup: the run is short).
     pub fn builtin() -> Self {
         let model = ResNetConfig::new(ResNetDepth::R18)
             .with_width(0.125)
             .with_num_classes(CLASSES)
             .dynamic();
-        Self::new(model, DataConfig::new())
+        let data = DataConfig::new(DataSource::Builtin {
+            train_images: 3072,
+            valid_images: 768,
+        })
+        .with_train_crop(32)
+        .with_val_resize(32)
+        .with_val_crop(32)
+        .with_workers(2);
+        Self::new(model, data).with_warmup_epochs(1).with_mixup(0.0)
+    }
+
+    /// Images per optimizer step.
+    pub fn optimizer_batch(&self) -> usize {
+        self.optimizer_batch_size.unwrap_or(self.batch_size)
+    }
+
+    /// Forward and backward passes per optimizer step.
+    pub fn accumulation(&self) -> usize {
+        self.optimizer_batch() / self.batch_size
     }
 
     /// The peak learning rate of this run.
     pub fn peak_lr(&self) -> f64 {
-        self.lr * self.batch_size as f64 / self.lr_reference_batch as f64
+        self.lr * self.optimizer_batch() as f64 / self.lr_reference_batch as f64
     }
 
     /// Checks the values, naming the first wrong one.
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate()?;
+        self.data.validate()?;
         let positive = [
             ("epochs", self.epochs),
             ("batch_size", self.batch_size),
             ("lr_reference_batch", self.lr_reference_batch),
-            ("data.train_images", self.data.train_images),
-            ("data.valid_images", self.data.valid_images),
-            ("data.image_size", self.data.image_size),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive, got 0"));
         }
-        if self.model.num_classes != CLASSES {
+        if let Some(optimizer_batch) = self.optimizer_batch_size {
+            if optimizer_batch == 0 || optimizer_batch % self.batch_size != 0 {
+                return Err(format!(
+                    "optimizer_batch_size ({optimizer_batch}) must be a positive multiple of \
+                     batch_size ({})",
+                    self.batch_size
+                ));
+            }
+        }
+        if self.warmup_epochs > self.epochs {
             return Err(format!(
-                "model.num_classes is {}, the built-in data has {CLASSES} classes",
-                self.model.num_classes
+                "warmup_epochs ({}) must not exceed epochs ({})",
+                self.warmup_epochs, self.epochs
             ));
         }
         for (name, value) in [
@@ -108,6 +143,7 @@ impl TrainConfig {
             ("momentum", self.momentum),
             ("weight_decay", self.weight_decay),
             ("info_max_weight", self.info_max_weight),
+            ("mixup", self.mixup),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(format!(
@@ -121,6 +157,140 @@ impl TrainConfig {
                 self.label_smoothing
             ));
         }
+        if let LrDecay::Step { milestones, gamma } = &self.decay {
+            if !(gamma.is_finite() && *gamma > 0.0) {
+                return Err(format!("decay.gamma must be positive, got {gamma}"));
+            }
+            if milestones.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!(
+                    "decay.milestones must be increasing epochs, got {milestones:?}"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Checks the model against the data's number of classes.
+    pub fn check_classes(&self, classes: usize) -> Result<(), String> {
+        if self.model.num_classes != classes {
+            return Err(format!(
+                "model.num_classes is {}, the data has {classes} classes",
+                self.model.num_classes
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(edit: impl FnOnce(&mut TrainConfig)) -> String {
+        let mut config = TrainConfig::builtin();
+        edit(&mut config);
+        config.validate().unwrap_err()
+    }
+
+    #[test]
+    fn the_builtin_config_is_valid_and_round_trips_through_json() {
+        let config = TrainConfig::builtin();
+        config.validate().unwrap();
+        let json = config.to_string();
+        let back = TrainConfig::load_binary(json.as_bytes()).unwrap();
+        assert_eq!(back.to_string(), json);
+        assert_eq!(back.data.source, config.data.source);
+        assert!(json.contains(r#""kind": "builtin""#), "{json}");
+    }
+
+    #[test]
+    fn recipes_parse_with_tagged_sources_and_decays() {
+        let mut config = TrainConfig::builtin();
+        config.data.source = DataSource::Folder {
+            path: "/data/imagenet".into(),
+        };
+        config.decay = LrDecay::Step {
+            milestones: vec![30, 60, 80],
+            gamma: 0.1,
+        };
+        config.optimizer_batch_size = Some(256);
+        let back = TrainConfig::load_binary(config.to_string().as_bytes()).unwrap();
+        assert_eq!(back.decay, config.decay);
+        assert_eq!(back.data.source, config.data.source);
+        assert_eq!(back.accumulation(), 4);
+        assert!((back.peak_lr() - 0.256).abs() < 1e-12);
+    }
+
+    /// Every file in `configs/` parses and is valid; the ImageNet recipes hold the paper's
+    /// settings.
+    #[test]
+    fn the_shipped_configs_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut recipes = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let config =
+                TrainConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let name = path.file_name().unwrap().to_string_lossy();
+            if name.ends_with("-imagenet.json") {
+                recipes += 1;
+                assert_eq!(config.epochs, 250, "{name}");
+                assert_eq!(config.warmup_epochs, 8, "{name}");
+                assert_eq!(config.decay, LrDecay::Cosine, "{name}");
+                assert_eq!((config.momentum, config.mixup), (0.875, 0.2), "{name}");
+                assert_eq!(
+                    config.lr / config.lr_reference_batch as f64,
+                    0.001,
+                    "{name}"
+                );
+                assert_eq!(config.weight_decay, 3.0517578125e-05, "{name}");
+                assert_eq!(config.label_smoothing, 0.1, "{name}");
+                assert_eq!(config.model.num_classes, 1000, "{name}");
+                assert_eq!(
+                    config.model.pedconv.is_some(),
+                    name.starts_with("pedconv-"),
+                    "{name}"
+                );
+                assert_eq!(
+                    (
+                        config.data.train_crop,
+                        config.data.val_resize,
+                        config.data.val_crop
+                    ),
+                    (224, 256, 224)
+                );
+            }
+        }
+        assert_eq!(recipes, 4);
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        assert!(error_of(|c| c.epochs = 0).contains("epochs"));
+        assert!(error_of(|c| c.optimizer_batch_size = Some(100)).contains("optimizer_batch_size"));
+        assert!(error_of(|c| c.label_smoothing = 1.0).contains("label_smoothing"));
+        assert!(error_of(|c| c.mixup = -0.1).contains("mixup"));
+        assert!(error_of(|c| c.warmup_epochs = 9).contains("warmup_epochs"));
+        assert!(error_of(|c| c.data.val_resize = 8).contains("data.val_resize"));
+        assert!(error_of(|c| c.data.max_bad_fraction = 2.0).contains("data.max_bad_fraction"));
+        let step = |c: &mut TrainConfig| {
+            c.decay = LrDecay::Step {
+                milestones: vec![5, 3],
+                gamma: 0.1,
+            }
+        };
+        assert!(error_of(step).contains("decay.milestones"));
+        let mut config = TrainConfig::builtin();
+        config.model.num_classes = 10;
+        assert!(config
+            .check_classes(12)
+            .unwrap_err()
+            .contains("model.num_classes"));
     }
 }

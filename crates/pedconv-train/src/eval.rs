@@ -10,7 +10,9 @@ use pedconv::resnet::{ImportMode, ResNet, ResNetConfig};
 use rayon::prelude::*;
 
 use crate::backend::BackendJob;
-use crate::data::{eval_image, ImageFolder};
+use crate::config::TrainConfig;
+use crate::data::folder::ImageFolder;
+use crate::data::transform::eval_image;
 
 /// What `eval` measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,6 +75,17 @@ fn is_pytorch(path: &Path) -> bool {
         || name.ends_with(".bin")
 }
 
+/// A `ResNetConfig`, or the `model` of a training run's `config.json`.
+fn read_model_config(path: &Path) -> Result<ResNetConfig, String> {
+    ResNetConfig::load(path)
+        .or_else(|model_error| {
+            TrainConfig::load(path)
+                .map(|run| run.model)
+                .map_err(|_| model_error)
+        })
+        .map_err(|e| format!("cannot read the model config {}: {e}", path.display()))
+}
+
 /// The model described by `--weights` (and `--config`).
 fn load_model<B: Backend>(
     weights: &Path,
@@ -80,10 +93,7 @@ fn load_model<B: Backend>(
     device: &B::Device,
 ) -> Result<(ResNetConfig, ResNet<B>), String> {
     let config = match config {
-        Some(path) => Some(
-            ResNetConfig::load(path)
-                .map_err(|e| format!("cannot read the model config {}: {e}", path.display()))?,
-        ),
+        Some(path) => Some(read_model_config(path)?),
         None => None,
     };
     if is_pytorch(weights) {
@@ -101,7 +111,7 @@ fn load_model<B: Backend>(
         let config = config.ok_or_else(|| {
             format!(
                 "{} is not a PyTorch checkpoint (.pth, .pt, .tar): a burn record needs --config \
-                 with the model's ResNetConfig JSON",
+                 with the model's ResNetConfig JSON or the run's config.json",
                 weights.display()
             )
         })?;

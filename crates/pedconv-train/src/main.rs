@@ -1,14 +1,13 @@
 //! `pedconv`: the command line of the pedconv project.
 
 mod backend;
-mod builtin;
 mod config;
 mod data;
 mod eval;
 mod schedule;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::config::Config;
@@ -16,15 +15,16 @@ use clap::{Parser, Subcommand};
 
 use backend::{dispatch, BackendChoice};
 use config::TrainConfig;
-use data::ImageFolder;
+use data::folder::ImageFolder;
+use data::DataSource;
 use eval::Evaluation;
-use train::Training;
+use train::{last_checkpoint, Training};
 
 #[derive(Parser)]
 #[command(
     name = "pedconv",
     version,
-    about = "PEDConv ResNets: evaluate PyTorch or burn checkpoints"
+    about = "PEDConv ResNets: train with burn-train, evaluate burn or PyTorch checkpoints"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,16 +42,24 @@ enum Command {
 #[derive(clap::Args)]
 struct TrainArgs {
     /// The experiment configuration (JSON); the built-in default when absent.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     config: Option<PathBuf>,
+    /// Continue the stopped run in this directory from its last checkpoint, with its saved
+    /// configuration (only --epochs, --lr, --backend and --device may be given with it).
+    #[arg(long, conflicts_with_all = ["output", "batch_size", "seed", "data", "print_config"])]
+    resume: Option<PathBuf>,
     /// The run directory (config, checkpoints, metrics, report); it must not hold a run already.
     /// Default: the first free `runs/train-N`.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Train on this image folder (`train/` and `val/`, one sub-folder per class) instead of the
+    /// configuration's data.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Overrides the configuration's epochs.
     #[arg(long)]
     epochs: Option<usize>,
-    /// Overrides the configuration's batch size.
+    /// Overrides the configuration's batch size (images per forward and backward pass).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Overrides the configuration's learning rate (per `lr_reference_batch` images).
@@ -71,11 +79,43 @@ struct TrainArgs {
     print_config: bool,
 }
 
+fn read_config(path: &Path) -> Result<TrainConfig, String> {
+    if !path.is_file() {
+        return Err(format!(
+            "the configuration {} does not exist",
+            path.display()
+        ));
+    }
+    TrainConfig::load(path)
+        .map_err(|e| format!("cannot read the configuration {}: {e}", path.display()))
+}
+
 fn train(args: TrainArgs) -> Result<(), String> {
-    let mut config = match &args.config {
-        Some(path) => TrainConfig::load(path)
-            .map_err(|e| format!("cannot read the configuration {}: {e}", path.display()))?,
-        None => TrainConfig::builtin(),
+    let (mut config, output, resume_from) = match &args.resume {
+        Some(dir) => {
+            let config = read_config(&dir.join("config.json"))?;
+            let epoch = last_checkpoint(dir).ok_or_else(|| {
+                format!(
+                    "{} holds no complete checkpoint to resume from (checkpoint/model-N.mpk, \
+                     optim-N.mpk and scheduler-N.mpk)",
+                    dir.display()
+                )
+            })?;
+            (config, dir.clone(), epoch)
+        }
+        None => {
+            let config = match &args.config {
+                Some(path) => read_config(path)?,
+                None => TrainConfig::builtin(),
+            };
+            let output = args.output.clone().unwrap_or_else(|| {
+                (1..)
+                    .map(|n| PathBuf::from(format!("runs/train-{n}")))
+                    .find(|dir| !dir.exists())
+                    .expect("a free run directory")
+            });
+            (config, output, 0)
+        }
     };
     if let Some(epochs) = args.epochs {
         config.epochs = epochs;
@@ -89,6 +129,9 @@ fn train(args: TrainArgs) -> Result<(), String> {
     if let Some(seed) = args.seed {
         config.seed = seed;
     }
+    if let Some(path) = args.data {
+        config.data.source = DataSource::Folder { path };
+    }
     config
         .validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;
@@ -96,31 +139,30 @@ fn train(args: TrainArgs) -> Result<(), String> {
         println!("{config}");
         return Ok(());
     }
-    let output = args.output.unwrap_or_else(|| {
-        (1..)
-            .map(|n| PathBuf::from(format!("runs/train-{n}")))
-            .find(|dir| !dir.exists())
-            .expect("a free run directory")
-    });
-    let saved = output.join("config.json");
-    if saved.exists() {
+    if resume_from >= config.epochs {
         return Err(format!(
-            "{} already holds a run (its config.json exists); choose another --output",
+            "{} already finished its {} epochs; give a larger --epochs to train on",
+            output.display(),
+            config.epochs
+        ));
+    }
+    let saved = output.join("config.json");
+    if resume_from == 0 && saved.exists() {
+        return Err(format!(
+            "{} already holds a run (its config.json exists); choose another --output, or \
+             continue it with --resume",
             output.display()
         ));
     }
-    std::fs::create_dir_all(&output)
-        .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
-    config
-        .save(&saved)
-        .map_err(|e| format!("cannot write {}: {e}", saved.display()))?;
     println!(
-        "training {} epochs of {} images (batch {}, peak lr {:.4}) on {:?}; run directory {}",
-        config.epochs,
-        config.data.train_images,
+        "{} epochs {} of {} (batch {}, {} per optimizer step, peak lr {:.4}) on {}; run directory {}",
+        if resume_from > 0 { "resuming" } else { "training" },
+        if resume_from > 0 { format!("{}-{}", resume_from + 1, config.epochs) } else { config.epochs.to_string() },
+        describe(&config.data.source),
         config.batch_size,
+        config.optimizer_batch(),
         config.peak_lr(),
-        args.backend,
+        args.backend.name(),
         output.display()
     );
     dispatch(
@@ -129,9 +171,18 @@ fn train(args: TrainArgs) -> Result<(), String> {
         Training {
             config,
             output,
-            backend_name: format!("{:?}", args.backend).to_lowercase(),
+            backend_name: args.backend.name().to_string(),
+            resume_from,
         },
     )
+}
+
+fn describe(source: &DataSource) -> String {
+    match source {
+        DataSource::Builtin { train_images, .. } => format!("{train_images} built-in images"),
+        DataSource::Folder { path } => path.join("train").display().to_string(),
+        DataSource::Synthetic { train_images, .. } => format!("{train_images} synthetic images"),
+    }
 }
 
 #[derive(clap::Args)]
@@ -140,7 +191,8 @@ struct EvalArgs {
     /// whose architecture is read off its keys) or a burn record (.mpk, with --config).
     #[arg(long)]
     weights: PathBuf,
-    /// The model's ResNetConfig (JSON); needed for burn records, optional for PyTorch files.
+    /// The model's ResNetConfig (JSON) or a training run's config.json; needed for burn records,
+    /// optional for PyTorch files.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The data: a folder with a `val/` split, or the split folder itself (one sub-folder per class).

@@ -158,42 +158,280 @@ fn tiny_config(dir: &Path) -> PathBuf {
     assert!(ok, "{stderr}");
     let mut config: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     config["model"]["width"] = 0.0625.into();
-    config["data"] =
-        serde_json::json!({"train_images": 48, "valid_images": 16, "image_size": 16, "workers": 0});
+    let data = &mut config["data"];
+    data["source"] = serde_json::json!({"kind": "builtin", "train_images": 48, "valid_images": 16});
+    for key in ["train_crop", "val_resize", "val_crop"] {
+        data[key] = 16.into();
+    }
     let path = dir.join("tiny.json");
     std::fs::write(&path, config.to_string()).unwrap();
     path
 }
 
+fn report(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// What a run learned, epoch by epoch: its validation metrics.
+fn valid_metrics(run: &Path) -> Vec<serde_json::Value> {
+    report(run)["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|epoch| epoch["valid"].clone())
+        .collect()
+}
+
 #[test]
-fn train_writes_a_run_directory_and_never_overwrites_it() {
+fn train_writes_a_reproducible_run_directory_and_never_overwrites_it() {
     let dir = scratch("train");
     let config = tiny_config(&dir);
-    let output = dir.join("run");
-    let args = [
+    let run = |name: &str| {
+        let output = dir.join(name);
+        let args = [
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        let (ok, stdout, stderr) = pedconv(&args);
+        assert!(ok, "{stderr}");
+        (output, stdout)
+    };
+    let (output, stdout) = run("first");
+    assert!(
+        stdout.contains("epoch   2/2"),
+        "one line per epoch: {stdout}"
+    );
+    let report = report(&output);
+    assert_eq!(report["epochs"].as_array().unwrap().len(), 2, "{report}");
+    assert!(report["best_top1"].as_f64().is_some(), "{report}");
+    assert_eq!(report["finished"], true);
+    assert_eq!(report["config"]["batch_size"], 16);
+    let best = report["best_checkpoint"].as_str().unwrap();
+    assert!(Path::new(best).exists(), "{best}");
+    for file in [
+        "config.json",
+        "model.mpk",
+        "epochs.jsonl",
+        "checkpoint/model-2.mpk",
+    ] {
+        assert!(output.join(file).exists(), "{file} is missing");
+    }
+    let (again, _) = run("second");
+    assert_eq!(
+        valid_metrics(&output),
+        valid_metrics(&again),
+        "same seed, same run"
+    );
+
+    let (ok, _, stderr) = pedconv(&[
         "train",
         "--config",
         config.to_str().unwrap(),
         "--output",
         output.to_str().unwrap(),
-    ];
-    let (ok, stdout, stderr) = pedconv(&args);
-    assert!(ok, "{stderr}");
-    assert!(
-        stdout.contains("epoch   2/2"),
-        "one line per epoch: {stdout}"
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("report.json")).unwrap())
-            .unwrap();
-    assert_eq!(report["epochs"].as_array().unwrap().len(), 2, "{report}");
-    assert!(report["best_top1"].as_f64().is_some(), "{report}");
-    assert_eq!(report["config"]["batch_size"], 16);
-    for file in ["config.json", "model.mpk", "checkpoint/model-2.mpk"] {
-        assert!(output.join(file).exists(), "{file} is missing");
-    }
-    let (ok, _, stderr) = pedconv(&args);
+    ]);
     assert!(!ok && stderr.contains("already holds a run"), "{stderr}");
+}
+
+/// A run stopped after epoch 1 and resumed for epoch 2 keeps epoch 1's record and checkpoint;
+/// a NaN loss stops a resumed run, naming the last good checkpoint, which stays.
+#[test]
+fn resume_continues_a_run_and_a_nan_loss_stops_it() {
+    let dir = scratch("resume");
+    let config = tiny_config(&dir);
+    let output = dir.join("run");
+    let out = output.to_str().unwrap();
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        out,
+        "--epochs",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = pedconv(&["train", "--resume", out]);
+    assert!(
+        !ok && stderr.contains("already finished its 1 epochs"),
+        "{stderr}"
+    );
+
+    let (ok, stdout, stderr) = pedconv(&["train", "--resume", out, "--epochs", "3"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("resuming epochs 2-3"), "{stdout}");
+    assert!(
+        !stdout.contains("epoch   1/3") && stdout.contains("epoch   3/3"),
+        "{stdout}"
+    );
+    let epochs: Vec<u64> = report(&output)["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3]);
+
+    let (ok, _, stderr) = pedconv(&["train", "--resume", out, "--epochs", "4", "--lr", "1e30"]);
+    assert!(!ok, "a diverging run fails");
+    assert!(stderr.contains("the training loss became"), "{stderr}");
+    assert!(
+        stderr.contains("the last checkpoint is epoch 3"),
+        "{stderr}"
+    );
+    assert!(output.join("checkpoint/model-3.mpk").exists());
+    assert!(!output.join("checkpoint/model-4.mpk").exists());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Two classes of stripes (horizontal, vertical) as colour PNGs, grayscale JPEGs named `.JPEG`
+/// and RGBA `.png`s, with `per_class` training and 3 validation images each.
+fn image_folder(name: &str, per_class: usize) -> PathBuf {
+    let root = scratch(name);
+    for (split, count) in [("train", per_class), ("val", 3)] {
+        for (class, vertical) in [("horizontal", false), ("vertical", true)] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let period = 6 + (i % 5) as u32;
+                let value = move |x: u32, y: u32| {
+                    let t = if vertical { x } else { y };
+                    if (t / period).is_multiple_of(2) {
+                        230u8
+                    } else {
+                        25
+                    }
+                };
+                let (w, h) = (40 + (i % 3) as u32 * 8, 36 + (i % 4) as u32 * 6);
+                match i % 3 {
+                    0 => image::RgbImage::from_fn(w, h, |x, y| {
+                        image::Rgb([value(x, y), 90, 255 - value(x, y)])
+                    })
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap(),
+                    1 => image::GrayImage::from_fn(w, h, |x, y| image::Luma([value(x, y)]))
+                        .save_with_format(dir.join(format!("{i}.JPEG")), image::ImageFormat::Jpeg)
+                        .unwrap(),
+                    _ => image::RgbaImage::from_fn(w, h, |x, y| {
+                        image::Rgba([value(x, y), value(x, y), 40, 255])
+                    })
+                    .save_with_format(dir.join(format!("{i}.PNG")), image::ImageFormat::Png)
+                    .unwrap(),
+                }
+            }
+        }
+    }
+    root
+}
+
+/// A configuration for a tiny folder run: 16-pixel crops of 20-pixel validation images.
+fn folder_config(dir: &Path, data: &Path) -> PathBuf {
+    let path = tiny_config(dir);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["model"]["num_classes"] = 2.into();
+    config["data"]["source"] = serde_json::json!({"kind": "folder", "path": data});
+    config["data"]["val_resize"] = 20.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn train_on_an_image_folder_skips_and_counts_unreadable_images() {
+    let data = image_folder("folder", 12);
+    std::fs::write(data.join("train/vertical/broken.jpg"), b"not a jpeg").unwrap();
+    let config = folder_config(&data, &data);
+    let output = data.join("run");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        pedconv(&args)
+    };
+    // 1 of 25 training images is 4 %: more than the default 1 % stops the run.
+    let (ok, _, stderr) = run(&["--output", output.to_str().unwrap()]);
+    assert!(!ok, "too many unreadable images stop the run");
+    assert!(
+        stderr.contains("could not be read") && stderr.contains("broken.jpg"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let mut lenient: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    lenient["data"]["max_bad_fraction"] = 0.1.into();
+    let lenient_path = data.join("lenient.json");
+    std::fs::write(&lenient_path, lenient.to_string()).unwrap();
+    let output = data.join("run-lenient");
+    let (ok, stdout, stderr) = pedconv(&[
+        "train",
+        "--config",
+        lenient_path.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("epoch   1/1"), "{stdout}");
+    assert_eq!(
+        stderr.matches("broken.jpg").count(),
+        1,
+        "reported once: {stderr}"
+    );
+    assert_eq!(report(&output)["finished"], true);
+}
+
+#[test]
+fn bad_data_folders_are_named() {
+    let dir = scratch("bad-folders");
+    let mismatched = image_folder("mismatched", 2);
+    std::fs::create_dir_all(mismatched.join("val/diagonal")).unwrap();
+    let no_val = image_folder("no-val", 2);
+    std::fs::remove_dir_all(no_val.join("val")).unwrap();
+    let empty = scratch("empty-train");
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(empty.join(split)).unwrap();
+    }
+    let config = folder_config(&dir, &mismatched);
+    let cases = [
+        (mismatched, "only in val: [\"diagonal\"]".to_string()),
+        (
+            no_val.clone(),
+            format!("{} has no `val/` folder", no_val.display()),
+        ),
+        (
+            empty.clone(),
+            format!("{} has no class folders", empty.join("train").display()),
+        ),
+        (dir.join("missing"), "does not exist".to_string()),
+    ];
+    for (i, (data, expected)) in cases.into_iter().enumerate() {
+        let output = dir.join(format!("run-{i}"));
+        let (ok, _, stderr) = pedconv(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]);
+        assert!(
+            !ok && stderr.contains(&expected),
+            "`{stderr}` does not say `{expected}`"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[test]
@@ -229,5 +467,31 @@ fn bad_training_configurations_are_named() {
     assert!(
         !dir.join("b").exists(),
         "nothing is written for an invalid configuration"
+    );
+    let (ok, _, stderr) = pedconv(&["train", "--resume", dir.to_str().unwrap()]);
+    assert!(
+        !ok && stderr.contains("config.json does not exist"),
+        "{stderr}"
+    );
+    // The default build has no CUDA; a CUDA build on a machine without a GPU has no device.
+    let output = dir.join("c");
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--config",
+        tiny.to_str().unwrap(),
+        "--backend",
+        "cuda",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && (stderr.contains("`cuda` backend is not compiled into this build")
+            || stderr.contains("cuda backend has no usable device")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !output.exists(),
+        "a run that cannot start leaves nothing behind"
     );
 }

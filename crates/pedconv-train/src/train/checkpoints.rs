@@ -1,0 +1,121 @@
+//! Which checkpoints a run keeps (the last few and the best by validation top-1), and where a
+//! stopped run can resume.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
+use burn::train::metric::store::EventStoreClient;
+
+use super::best_of;
+use super::progress::RunLog;
+
+/// How long the strategy waits for an epoch's validation record, which burn-train delivers
+/// through its event thread (it can reach the logger after the checkpointing call).
+const RECORD_WAIT: Duration = Duration::from_secs(60);
+
+/// Saves every epoch, then deletes those that are neither among the last `keep` nor the best by
+/// validation top-1 (the earliest of equals). Knows the checkpoints already on disk when
+/// resuming, which burn's strategies do not.
+pub struct KeepLastAndBest {
+    keep: usize,
+    saved: BTreeSet<usize>,
+    log: Arc<Mutex<RunLog>>,
+}
+
+impl KeepLastAndBest {
+    pub fn new(keep: usize, saved: BTreeSet<usize>, log: Arc<Mutex<RunLog>>) -> Self {
+        Self { keep, saved, log }
+    }
+
+    /// The best epoch once `epoch`'s record has arrived (or the wait ran out).
+    fn best_after(&self, epoch: usize) -> Option<usize> {
+        let started = Instant::now();
+        loop {
+            let log = self.log.lock().expect("run log");
+            let arrived = log.records.iter().any(|r| r.epoch == epoch);
+            if arrived || started.elapsed() > RECORD_WAIT {
+                return best_of(&log.records).map(|(best, _)| best);
+            }
+            drop(log);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl CheckpointingStrategy for KeepLastAndBest {
+    fn checkpointing(
+        &mut self,
+        epoch: usize,
+        _store: &EventStoreClient,
+    ) -> Vec<CheckpointingAction> {
+        let best = self.best_after(epoch);
+        self.saved.insert(epoch);
+        let last: Vec<usize> = self
+            .saved
+            .iter()
+            .rev()
+            .take(self.keep.max(1))
+            .copied()
+            .collect();
+        let stale: Vec<usize> = self
+            .saved
+            .iter()
+            .copied()
+            .filter(|e| !last.contains(e) && Some(*e) != best)
+            .collect();
+        let mut actions = vec![CheckpointingAction::Save];
+        for epoch in stale {
+            self.saved.remove(&epoch);
+            actions.push(CheckpointingAction::Delete(epoch));
+        }
+        actions
+    }
+}
+
+/// The epochs with a complete checkpoint (model, optimizer and scheduler) in `dir`.
+pub fn saved_epochs(dir: &Path) -> BTreeSet<usize> {
+    let complete = |epoch: &usize| {
+        ["model", "optim", "scheduler"]
+            .iter()
+            .all(|part| dir.join(format!("{part}-{epoch}.mpk")).is_file())
+    };
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("model-")?
+                .strip_suffix(".mpk")?
+                .parse::<usize>()
+                .ok()
+        })
+        .filter(complete)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_epochs_need_all_three_files() {
+        let dir = std::env::temp_dir().join(format!("pedconv-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "model-1",
+            "optim-1",
+            "scheduler-1",
+            "model-2",
+            "optim-2",
+            "model-x",
+        ] {
+            std::fs::write(dir.join(format!("{name}.mpk")), b"").unwrap();
+        }
+        assert_eq!(saved_epochs(&dir), BTreeSet::from([1]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

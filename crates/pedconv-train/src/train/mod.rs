@@ -1,0 +1,295 @@
+//! `pedconv train`: burn-train's supervised training of a (PEDConv) ResNet.
+
+mod checkpoints;
+mod objective;
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::config::Config;
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::SgdConfig;
+use burn::record::DefaultRecorder;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
+use burn::train::renderer::tui::TuiMetricsRendererWrapper;
+use burn::train::{Interrupter, Learner, SupervisedTraining};
+
+use crate::backend::BackendJob;
+use crate::config::TrainConfig;
+use crate::data::{BadImages, ImageBatcher, Samples, Split};
+use crate::schedule::Schedule;
+use checkpoints::{saved_epochs, KeepLastAndBest};
+pub use objective::Classifier;
+use progress::{read_journal, EpochLog, EpochRecord, LineRenderer, RunLog};
+
+/// A training run to launch on a backend.
+pub struct Training {
+    pub config: TrainConfig,
+    /// The run directory.
+    pub output: PathBuf,
+    pub backend_name: String,
+    /// The epoch whose checkpoint a resumed run starts from; 0 for a new run.
+    pub resume_from: usize,
+}
+
+/// The run directory's checkpoint folder (burn-train's layout).
+pub fn checkpoint_dir(output: &Path) -> PathBuf {
+    output.join("checkpoint")
+}
+
+/// The last epoch with a complete checkpoint in a run directory.
+pub fn last_checkpoint(output: &Path) -> Option<usize> {
+    saved_epochs(&checkpoint_dir(output)).last().copied()
+}
+
+impl BackendJob for Training {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<(), String> {
+        run::<burn::backend::Autodiff<B>>(self, device)
+    }
+}
+
+/// The unreadable-image count of a split, which stops the run when it is exceeded.
+fn bad_images(split: &Split, fraction: f64, interrupter: &Interrupter) -> Arc<BadImages> {
+    let interrupter = interrupter.clone();
+    Arc::new(BadImages::new(split, fraction, move || {
+        interrupter.stop(Some("too many unreadable images"))
+    }))
+}
+
+fn run<B: AutodiffBackend>(job: Training, device: B::Device) -> Result<(), String> {
+    let config = &job.config;
+    let resume_from = job.resume_from;
+    B::seed(&device, config.seed.wrapping_add(resume_from as u64));
+    let data = config.data.open(config.seed)?;
+    config.check_classes(data.classes)?;
+    // Only a run that can start leaves a directory behind.
+    std::fs::create_dir_all(&job.output)
+        .map_err(|e| format!("cannot create {}: {e}", job.output.display()))?;
+    let saved = job.output.join("config.json");
+    config
+        .save(&saved)
+        .map_err(|e| format!("cannot write {}: {e}", saved.display()))?;
+    let interrupter = Interrupter::new();
+    let fraction = config.data.max_bad_fraction;
+    let (bad_train, bad_valid) = (
+        bad_images(&data.train, fraction, &interrupter),
+        bad_images(&data.valid, fraction, &interrupter),
+    );
+    // One loader thread per split, so that batches come in a reproducible order; the images of a
+    // batch are decoded by the batcher's `workers` threads.
+    let workers = config.data.workers;
+    let train_len = data.train.source.len();
+    let train_loader = DataLoaderBuilder::<B, _, _>::new(ImageBatcher::new(
+        &data.train,
+        data.classes,
+        config.mixup,
+        workers,
+        bad_train.clone(),
+    )?)
+    .batch_size(config.batch_size)
+    .shuffle(config.seed.wrapping_add(resume_from as u64))
+    .num_workers(1)
+    .build(Samples::new(train_len, config.seed, resume_from as u32));
+    let valid_loader = DataLoaderBuilder::<B::InnerBackend, _, _>::new(ImageBatcher::new(
+        &data.valid,
+        data.classes,
+        0.0,
+        workers,
+        bad_valid.clone(),
+    )?)
+    .batch_size(config.batch_size)
+    .num_workers(1)
+    .build(Samples::new(data.valid.source.len(), config.seed, 0));
+
+    let schedule = Schedule::new(
+        config.peak_lr(),
+        config.warmup_epochs,
+        config.epochs,
+        train_len.div_ceil(config.batch_size),
+        &config.decay,
+    );
+    let optimizer = SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(config.momentum)
+                .with_dampening(0.0)
+                .with_nesterov(config.nesterov),
+        ))
+        .init();
+    let model = Classifier::new(
+        config.model.init(&device),
+        config.label_smoothing,
+        config.info_max_weight,
+        config.weight_decay,
+        config.accumulation(),
+    );
+
+    let journal = job.output.join("epochs.jsonl");
+    let records = if resume_from > 0 {
+        read_journal(&journal, resume_from)?
+    } else {
+        Vec::new()
+    };
+    rewrite_journal(&journal, &records)?;
+    let terminal = std::io::stdout().is_terminal();
+    // burn's top-k metric fails for fewer than k classes.
+    let top_k = data.classes.min(5);
+    let log = Arc::new(Mutex::new(RunLog::new(
+        records,
+        config.epochs,
+        top_k,
+        !terminal,
+        journal,
+        interrupter.clone(),
+    )));
+    let strategy = KeepLastAndBest::new(
+        config.keep_checkpoints,
+        saved_epochs(&checkpoint_dir(&job.output)),
+        log.clone(),
+    );
+    let mut training = SupervisedTraining::new(&job.output, train_loader, valid_loader)
+        .metrics((
+            AccuracyMetric::new(),
+            TopKAccuracyMetric::new(top_k),
+            LossMetric::new(),
+        ))
+        .metric_train_numeric(LearningRateMetric::new())
+        .with_metric_logger(EpochLog(log.clone()))
+        .with_file_checkpointer(DefaultRecorder::new())
+        .with_checkpointing_strategy(strategy)
+        .with_interrupter(interrupter.clone())
+        .grads_accumulation(config.accumulation())
+        .num_epochs(config.epochs);
+    training = if terminal {
+        training.renderer(TuiMetricsRendererWrapper::new(
+            interrupter.clone(),
+            (resume_from > 0).then_some(resume_from),
+        ))
+    } else {
+        training.renderer(LineRenderer::default())
+    };
+    if resume_from > 0 {
+        training = training.checkpoint(resume_from);
+    }
+    let started = Instant::now();
+    let result = training.launch(Learner::new(model, optimizer, schedule));
+    let wall = started.elapsed().as_secs_f64();
+
+    let log = log.lock().expect("run log");
+    let best = best_of(&log.records);
+    let last = log.records.last().map_or(0, |r| r.epoch);
+    let stop = bad_train
+        .too_many()
+        .or_else(|| bad_valid.too_many())
+        .or_else(|| log.stopped.clone());
+    let finished = stop.is_none() && last == config.epochs;
+    if finished {
+        result
+            .model
+            .net
+            .save_record(job.output.join("model"))
+            .map_err(|e| format!("cannot save the final model: {e}"))?;
+    }
+    let unreadable = [bad_train.count(), bad_valid.count()];
+    if unreadable.iter().any(|&n| n > 0) {
+        println!(
+            "{} training and {} validation images could not be read and were skipped",
+            unreadable[0], unreadable[1]
+        );
+    }
+    write_report(&job, &log.records, best, wall, finished, unreadable)?;
+    let resume_hint = |what: &str| match last_checkpoint(&job.output) {
+        Some(epoch) => format!(
+            "{what}; the last checkpoint is epoch {epoch} ({}); continue with \
+             `pedconv train --resume {}`",
+            checkpoint_dir(&job.output)
+                .join(format!("model-{epoch}.mpk"))
+                .display(),
+            job.output.display()
+        ),
+        None => format!("{what}; no epoch finished, so there is no checkpoint"),
+    };
+    match stop {
+        Some(reason) => Err(resume_hint(&reason)),
+        None if !finished => {
+            println!("{}", resume_hint("stopped before the last epoch"));
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// The best epoch by validation top-1 (the earliest of equals).
+pub fn best_of(records: &[EpochRecord]) -> Option<(usize, f64)> {
+    records
+        .iter()
+        .map(|r| (r.epoch, r.valid_top1()))
+        .filter(|(_, top1)| top1.is_finite())
+        .fold(None, |best, (epoch, top1)| match best {
+            Some((_, b)) if b >= top1 => best,
+            _ => Some((epoch, top1)),
+        })
+}
+
+fn rewrite_journal(path: &Path, records: &[EpochRecord]) -> Result<(), String> {
+    let text: String = records
+        .iter()
+        .map(|r| serde_json::to_string(r).map(|line| line + "\n"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn write_report(
+    job: &Training,
+    records: &[EpochRecord],
+    best: Option<(usize, f64)>,
+    wall: f64,
+    finished: bool,
+    unreadable: [usize; 2],
+) -> Result<(), String> {
+    let (images, seconds) = records.iter().fold((0.0, 0.0), |(i, s), r| {
+        (
+            i + r.images_per_second * r.train_seconds,
+            s + r.train_seconds,
+        )
+    });
+    let best_checkpoint = best.map(|(epoch, _)| {
+        checkpoint_dir(&job.output)
+            .join(format!("model-{epoch}.mpk"))
+            .display()
+            .to_string()
+    });
+    let report = serde_json::json!({
+        "backend": job.backend_name,
+        "finished": finished,
+        "epochs": records,
+        "best_top1": best.map(|(_, top1)| top1),
+        "best_epoch": best.map(|(epoch, _)| epoch),
+        "best_checkpoint": best_checkpoint,
+        "wall_seconds": wall,
+        "unreadable_images": {"train": unreadable[0], "valid": unreadable[1]},
+        "images_per_second": images / seconds,
+        "config": serde_json::to_value(&job.config).unwrap_or_default(),
+    });
+    let path = job.output.join("report.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let Some((epoch, top1)) = best {
+        println!(
+            "best validation top-1 {top1:.1}% (epoch {epoch}); report {}",
+            path.display()
+        );
+    }
+    Ok(())
+}

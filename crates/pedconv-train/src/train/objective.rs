@@ -1,0 +1,263 @@
+//! The training objective: label-smoothed cross-entropy against (possibly mixed) target
+//! distributions, plus the weighted information-maximisation loss, with weight decay on every
+//! parameter but the batch norms'.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
+use pedconv::resnet::ResNet;
+
+use crate::data::Batch;
+
+/// A ResNet with its training objective.
+#[derive(Module, Debug)]
+pub struct Classifier<B: Backend> {
+    pub net: ResNet<B>,
+    label_smoothing: f64,
+    info_max_weight: f64,
+    weight_decay: f64,
+    /// `1 / passes per optimizer step`: burn-train sums the gradients of the passes it
+    /// accumulates, the reference averages them.
+    gradient_scale: f64,
+}
+
+impl<B: Backend> Classifier<B> {
+    pub fn new(
+        net: ResNet<B>,
+        label_smoothing: f64,
+        info_max_weight: f64,
+        weight_decay: f64,
+        accumulation: usize,
+    ) -> Self {
+        Self {
+            net,
+            label_smoothing,
+            info_max_weight,
+            weight_decay,
+            gradient_scale: 1.0 / accumulation as f64,
+        }
+    }
+
+    /// `-Σ_c t'_c log softmax(z)_c`, averaged over the batch, with the smoothed targets
+    /// `t' = (1 - ε) t + ε / C` (for one-hot `t`, PyTorch's and burn's label-smoothed
+    /// cross-entropy; for mixed `t`, the reference's mixup loss).
+    pub fn task_loss(&self, logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 1> {
+        let classes = logits.dims()[1] as f64;
+        let eps = self.label_smoothing;
+        let smoothed = targets.mul_scalar(1.0 - eps).add_scalar(eps / classes);
+        (smoothed * log_softmax(logits, 1)).sum_dim(1).mean().neg()
+    }
+
+    fn device(&self) -> B::Device {
+        self.net.fc.weight.device()
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for Classifier<B> {
+    type Input = Batch;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput<B>> {
+        let batch = batch.into_device::<B>(&self.device());
+        let out = self.net.forward_train(batch.images);
+        let task = self.task_loss(out.logits.clone(), batch.targets);
+        let loss = match out.info_max_loss {
+            Some(info_max) => task.clone() + info_max.mul_scalar(self.info_max_weight),
+            None => task.clone(),
+        };
+        let mut grads =
+            GradientsParams::from_grads(loss.mul_scalar(self.gradient_scale).backward(), self);
+        if self.weight_decay > 0.0 {
+            self.visit(&mut DecayGradients::<B> {
+                grads: &mut grads,
+                decay: self.weight_decay * self.gradient_scale,
+                norm_depth: 0,
+                _backend: std::marker::PhantomData,
+            });
+        }
+        TrainOutput {
+            grads,
+            item: ClassificationOutput::new(task, out.logits, batch.labels),
+        }
+    }
+}
+
+impl<B: Backend> InferenceStep for Classifier<B> {
+    type Input = Batch;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: Batch) -> ClassificationOutput<B> {
+        let batch = batch.into_device::<B>(&self.device());
+        let logits = self.net.forward(batch.images);
+        let loss = self.task_loss(logits.clone(), batch.targets);
+        ClassificationOutput::new(loss, logits, batch.labels)
+    }
+}
+
+/// Adds `decay · param` to the gradient of every parameter outside batch norms (burn's SGD
+/// would decay every parameter).
+struct DecayGradients<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    decay: f64,
+    /// How many batch norms the visit is inside.
+    norm_depth: usize,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for DecayGradients<'_, B> {
+    fn enter_module(&mut self, _name: &str, container_type: &str) {
+        if container_type.ends_with(":BatchNorm") {
+            self.norm_depth += 1;
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if container_type.ends_with(":BatchNorm") {
+            self.norm_depth -= 1;
+        }
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.norm_depth > 0 {
+            return;
+        }
+        if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let decayed = grad + param.val().inner().mul_scalar(self.decay);
+            self.grads.register(param.id, decayed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::tensor::{Int, TensorData};
+    use pedconv::resnet::{ResNetConfig, ResNetDepth};
+
+    type B = Autodiff<Flex>;
+
+    fn classifier(weight_decay: f64, accumulation: usize) -> Classifier<B> {
+        B::seed(&Default::default(), 7);
+        let net = ResNetConfig::new(ResNetDepth::R18)
+            .with_width(0.0625)
+            .with_num_classes(3)
+            .init(&Default::default());
+        Classifier::new(net, 0.1, 0.001, weight_decay, accumulation)
+    }
+
+    fn batch() -> Batch {
+        Batch {
+            images: TensorData::new(
+                (0..2 * 3 * 16 * 16)
+                    .map(|i| (i % 7) as f32 - 3.0)
+                    .collect::<Vec<_>>(),
+                [2, 3, 16, 16],
+            ),
+            targets: TensorData::new(vec![1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0], [2, 3]),
+            labels: vec![0, 2],
+        }
+    }
+
+    fn grads(model: &Classifier<B>) -> GradientsParams {
+        TrainStep::step(model, batch()).grads
+    }
+
+    /// With one-hot targets the loss is burn's label-smoothed cross-entropy; with mixed
+    /// targets it is the formula evaluated by hand (in f64).
+    #[test]
+    fn task_loss_is_smoothed_cross_entropy() {
+        let model = classifier(0.0, 1);
+        let device = Default::default();
+        let rows = [[1.0f32, -0.5, 2.0], [0.3, 0.2, -1.0]];
+        let logits = Tensor::<B, 2>::from_data(TensorData::new(rows.concat(), [2, 3]), &device);
+        let one_hot = Tensor::from_data(
+            TensorData::new(vec![0f32, 0., 1., 0., 1., 0.], [2, 3]),
+            &device,
+        );
+        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![2i64, 1], [2]), &device);
+        let burn = CrossEntropyLossConfig::new()
+            .with_smoothing(Some(0.1))
+            .init(&device)
+            .forward(logits.clone(), labels);
+        let ours = model.task_loss(logits.clone(), one_hot);
+        assert!((ours.into_scalar() - burn.into_scalar()).abs() < 1e-6);
+
+        let mixed = [[0.7f64, 0.0, 0.3], [0.0, 0.25, 0.75]];
+        let targets = Tensor::from_data(
+            TensorData::new(mixed.concat().iter().map(|&v| v as f32).collect(), [2, 3]),
+            &device,
+        );
+        let expected = rows
+            .iter()
+            .zip(&mixed)
+            .map(|(z, t)| {
+                let log_sum = z.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+                -(0..3)
+                    .map(|c| (0.9 * t[c] + 0.1 / 3.0) * (z[c] as f64 - log_sum))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / 2.0;
+        let ours = model.task_loss(logits, targets).into_scalar() as f64;
+        assert!((ours - expected).abs() < 1e-6, "{ours} vs {expected}");
+    }
+
+    /// Weight decay adds `decay · w` to the gradients of convolution and classifier weights, and
+    /// nothing to batch-norm parameters.
+    #[test]
+    fn weight_decay_skips_batch_norms() {
+        let plain = classifier(0.0, 1);
+        let g0 = grads(&plain); // initialises the (lazy) parameters, which the clone then shares
+        let decayed = Classifier {
+            weight_decay: 0.5,
+            ..plain.clone()
+        };
+        let g1 = grads(&decayed);
+        let change = |id| -> Tensor<Flex, 1> {
+            let a: Tensor<Flex, 4> = g0.get(id).unwrap();
+            let b: Tensor<Flex, 4> = g1.get(id).unwrap();
+            (b - a).flatten(0, 3)
+        };
+        let conv = &plain.net.conv1.weight;
+        let expected = conv.val().inner().mul_scalar(0.5).flatten(0, 3);
+        assert!((change(conv.id) - expected).abs().max().into_scalar() < 1e-5);
+        let fc = &plain.net.fc.weight;
+        let a: Tensor<Flex, 2> = g0.get(fc.id).unwrap();
+        let b: Tensor<Flex, 2> = g1.get(fc.id).unwrap();
+        assert!(
+            (b - a - fc.val().inner().mul_scalar(0.5))
+                .abs()
+                .max()
+                .into_scalar()
+                < 1e-5
+        );
+        for gamma in [&plain.net.bn1.gamma, &plain.net.layer1[0].bn2.gamma] {
+            let a: Tensor<Flex, 1> = g0.get(gamma.id).unwrap();
+            let b: Tensor<Flex, 1> = g1.get(gamma.id).unwrap();
+            assert_eq!((b - a).abs().max().into_scalar(), 0.0);
+        }
+    }
+
+    /// With 4 passes per optimizer step, each pass's gradients (decay included) are a quarter
+    /// of a single pass's, so that burn-train's sum over the 4 passes is their mean.
+    #[test]
+    fn accumulated_gradients_are_scaled_to_a_mean() {
+        let single = classifier(0.5, 1);
+        let g1 = grads(&single);
+        let quarter = Classifier {
+            gradient_scale: 0.25,
+            ..single.clone()
+        };
+        let g4 = grads(&quarter);
+        let fc = &single.net.fc.weight;
+        let a: Tensor<Flex, 2> = g1.get(fc.id).unwrap();
+        let b: Tensor<Flex, 2> = g4.get(fc.id).unwrap();
+        let scale = a.clone().abs().max().into_scalar();
+        assert!((b.mul_scalar(4.0) - a).abs().max().into_scalar() < 1e-5 * scale);
+    }
+}

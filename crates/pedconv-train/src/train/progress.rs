@@ -1,0 +1,308 @@
+//! What a run shows and records: per-epoch means of every metric (kept by [`EpochLog`], burn's
+//! metric logger interface), one line per epoch when the output is not a terminal, burn's
+//! dashboard when it is, and the stop on a NaN loss.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::train::logger::MetricLogger;
+use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
+use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
+use burn::train::renderer::{
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining, ProgressType, TrainingProgress,
+};
+use burn::train::Interrupter;
+use serde::{Deserialize, Serialize};
+
+/// burn-train's metric names.
+pub const LOSS: &str = "Loss";
+pub const TOP1: &str = "Accuracy";
+
+/// burn-train's name of the top-`k` accuracy.
+pub fn top_k_name(k: usize) -> String {
+    format!("Top-K Accuracy @ TopK({k})")
+}
+pub const LR: &str = "Learning Rate";
+
+/// One epoch's figures, as printed and reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    /// Metric name → mean over the epoch's images (the learning rate: over its iterations).
+    pub train: BTreeMap<String, f64>,
+    pub valid: BTreeMap<String, f64>,
+    /// Seconds of the training part of the epoch.
+    pub train_seconds: f64,
+    /// Training images per second.
+    pub images_per_second: f64,
+}
+
+impl EpochRecord {
+    fn get(map: &BTreeMap<String, f64>, name: &str) -> f64 {
+        map.get(name).copied().unwrap_or(f64::NAN)
+    }
+
+    /// Validation top-1, in percent.
+    pub fn valid_top1(&self) -> f64 {
+        Self::get(&self.valid, TOP1)
+    }
+
+    /// The progress line of the epoch, of `epochs`, with the top-`k` accuracy.
+    pub fn line(&self, epochs: usize, k: usize) -> String {
+        format!(
+            "epoch {:>3}/{epochs} | train loss {:.4} top-1 {:5.1}% | valid loss {:.4} top-1 {:5.1}% top-{k} {:5.1}% | lr {:.4} | {:.1} img/s",
+            self.epoch,
+            Self::get(&self.train, LOSS),
+            Self::get(&self.train, TOP1),
+            Self::get(&self.valid, LOSS),
+            self.valid_top1(),
+            Self::get(&self.valid, &top_k_name(k)),
+            Self::get(&self.train, LR),
+            self.images_per_second,
+        )
+    }
+}
+
+/// Sums of one split's metrics over the current epoch: name → (Σ value · count, Σ count).
+type Sums = HashMap<String, (f64, usize)>;
+
+fn means(sums: &Sums) -> BTreeMap<String, f64> {
+    sums.iter()
+        .map(|(name, (sum, count))| (name.clone(), sum / (*count).max(1) as f64))
+        .collect()
+}
+
+/// The state shared by the logger, the checkpointing strategy and the run.
+pub struct RunLog {
+    /// Finished epochs, earlier runs' included when resuming.
+    pub records: Vec<EpochRecord>,
+    /// Why the run stopped early, if it did.
+    pub stopped: Option<String>,
+    /// If a NaN or infinite training loss has been seen.
+    nan_seen: bool,
+    names: HashMap<MetricId, String>,
+    train: Sums,
+    valid: Sums,
+    train_record: Option<(BTreeMap<String, f64>, f64, f64)>,
+    epoch_started: Instant,
+    epochs: usize,
+    top_k: usize,
+    print_lines: bool,
+    /// `epochs.jsonl`: one JSON record per finished epoch, appended as it finishes.
+    journal: PathBuf,
+    interrupter: Interrupter,
+}
+
+impl RunLog {
+    pub fn new(
+        records: Vec<EpochRecord>,
+        epochs: usize,
+        top_k: usize,
+        print_lines: bool,
+        journal: PathBuf,
+        interrupter: Interrupter,
+    ) -> Self {
+        Self {
+            records,
+            stopped: None,
+            nan_seen: false,
+            names: HashMap::new(),
+            train: Sums::new(),
+            valid: Sums::new(),
+            train_record: None,
+            epoch_started: Instant::now(),
+            epochs,
+            top_k,
+            print_lines,
+            journal,
+            interrupter,
+        }
+    }
+
+    /// Stops the run, keeping the first reason.
+    pub fn stop(&mut self, reason: String) {
+        if self.stopped.is_none() {
+            self.interrupter.stop(Some(&reason));
+            self.stopped = Some(reason);
+        }
+    }
+
+    fn log(&mut self, update: MetricsUpdate, split: &Split) {
+        for numeric in update.entries_numeric {
+            let (value, count) = match numeric.numeric_entry {
+                NumericEntry::Value(v) => (v, 1),
+                NumericEntry::Aggregated {
+                    aggregated_value,
+                    count,
+                } => (aggregated_value, count),
+            };
+            let name = self
+                .names
+                .get(&numeric.entry.metric_id)
+                .cloned()
+                .unwrap_or_default();
+            if *split == Split::Train && name == LOSS && !value.is_finite() && !self.nan_seen {
+                self.nan_seen = true;
+                let epoch = self.records.last().map_or(0, |r| r.epoch) + 1;
+                self.stop(format!(
+                    "the training loss became {value} in epoch {epoch}; the weights of that \
+                     epoch are not saved"
+                ));
+            }
+            let sums = match split {
+                Split::Train => &mut self.train,
+                Split::Valid => &mut self.valid,
+                Split::Test(_) => continue,
+            };
+            let sum = sums.entry(name).or_insert((0.0, 0));
+            sum.0 += value * count as f64;
+            sum.1 += count;
+        }
+    }
+
+    fn end_epoch(&mut self, summary: EpochSummary) {
+        match summary.split {
+            Split::Train => {
+                let seconds = self.epoch_started.elapsed().as_secs_f64();
+                let images = self.train.get(TOP1).map_or(0, |s| s.1);
+                self.train_record = Some((means(&self.train), seconds, images as f64 / seconds));
+                self.train.clear();
+            }
+            Split::Valid => {
+                let (train, train_seconds, images_per_second) =
+                    self.train_record.take().unwrap_or_default();
+                let record = EpochRecord {
+                    epoch: summary.epoch_number,
+                    train,
+                    valid: means(&self.valid),
+                    train_seconds,
+                    images_per_second,
+                };
+                self.valid.clear();
+                if self.print_lines {
+                    println!("{}", record.line(self.epochs, self.top_k));
+                }
+                if let Err(e) = append_json_line(&self.journal, &record) {
+                    self.stop(format!("cannot write {}: {e}", self.journal.display()));
+                }
+                self.records.push(record);
+                self.epoch_started = Instant::now();
+            }
+            Split::Test(_) => {}
+        }
+    }
+}
+
+fn append_json_line(path: &PathBuf, record: &EpochRecord) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{}", serde_json::to_string(record)?)
+}
+
+/// The records of an earlier run, up to and including `last_epoch`.
+pub fn read_journal(path: &PathBuf, last_epoch: usize) -> Result<Vec<EpochRecord>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut records = Vec::new();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: EpochRecord = serde_json::from_str(line)
+            .map_err(|e| format!("{} line {}: {e}", path.display(), number + 1))?;
+        if record.epoch <= last_epoch {
+            records.retain(|r: &EpochRecord| r.epoch != record.epoch);
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// burn's metric logger interface over the shared [`RunLog`] (it replaces burn's file logger,
+/// whose epoch numbering restarts at 1 when a run resumes).
+pub struct EpochLog(pub Arc<Mutex<RunLog>>);
+
+impl MetricLogger for EpochLog {
+    fn log(&mut self, update: MetricsUpdate, _epoch: usize, split: &Split) {
+        self.0.lock().expect("run log").log(update, split);
+    }
+
+    /// The mean of `name` over `epoch` (a finished epoch, numbered from the run's start).
+    fn read_numeric(
+        &mut self,
+        name: &str,
+        epoch: usize,
+        split: &Split,
+    ) -> Result<Vec<NumericEntry>, String> {
+        let log = self.0.lock().expect("run log");
+        let value = log.records.iter().find(|r| r.epoch == epoch).and_then(|r| {
+            match split {
+                Split::Train => r.train.get(name),
+                Split::Valid => r.valid.get(name),
+                Split::Test(_) => None,
+            }
+            .copied()
+        });
+        Ok(value.map(NumericEntry::Value).into_iter().collect())
+    }
+
+    fn log_metric_definition(&mut self, definition: MetricDefinition) {
+        let mut log = self.0.lock().expect("run log");
+        log.names.insert(definition.metric_id, definition.name);
+    }
+
+    fn log_epoch_summary(&mut self, summary: EpochSummary) {
+        self.0.lock().expect("run log").end_epoch(summary);
+    }
+}
+
+/// When the output is not a terminal: a progress line every tenth of a long training epoch
+/// (the epoch lines come from [`EpochLog`]).
+#[derive(Default)]
+pub struct LineRenderer {
+    last_tenth: usize,
+}
+
+impl MetricsRendererTraining for LineRenderer {
+    fn update_train(&mut self, _state: MetricState) {}
+
+    fn update_valid(&mut self, _state: MetricState) {}
+
+    fn render_train(&mut self, item: TrainingProgress, _progress: Vec<ProgressType>) {
+        let Some(progress) = item.progress else {
+            return;
+        };
+        if progress.items_total < 50 {
+            return;
+        }
+        let tenth = 10 * progress.items_processed / progress.items_total;
+        if tenth != self.last_tenth && tenth < 10 {
+            println!(
+                "  epoch {}: {}/{} iterations",
+                item.global_progress.items_processed,
+                progress.items_processed,
+                progress.items_total
+            );
+        }
+        self.last_tenth = tenth;
+    }
+
+    fn render_valid(&mut self, _item: TrainingProgress, _progress: Vec<ProgressType>) {}
+}
+
+impl MetricsRendererEvaluation for LineRenderer {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+    fn render_test(&mut self, _item: EvaluationProgress, _progress: Vec<ProgressType>) {}
+}
+
+impl MetricsRenderer for LineRenderer {
+    fn manual_close(&mut self) {}
+    fn register_metric(&mut self, _definition: MetricDefinition) {}
+}
