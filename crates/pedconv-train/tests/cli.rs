@@ -495,3 +495,43 @@ fn bad_training_configurations_are_named() {
         "a run that cannot start leaves nothing behind"
     );
 }
+
+/// The synthetic source (throughput runs) trains through, with gradient accumulation and the
+/// step decay, and reports its throughput.
+#[test]
+fn synthetic_source_with_accumulation_and_step_decay() {
+    let dir = scratch("synthetic");
+    let path = tiny_config(&dir);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["data"]["source"] = serde_json::json!({"kind": "synthetic", "train_images": 32, "valid_images": 8, "classes": 12});
+    config["batch_size"] = 8.into();
+    config["optimizer_batch_size"] = 16.into();
+    config["decay"] = serde_json::json!({"kind": "step", "milestones": [1], "gamma": 0.1});
+    config["mixup"] = 0.2.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let output = dir.join("run");
+    let (ok, stdout, stderr) = pedconv(&[
+        "train",
+        "--config",
+        path.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("32 synthetic images (batch 8, 16 per optimizer step"),
+        "{stdout}"
+    );
+    let report = report(&output);
+    let epochs = report["epochs"].as_array().unwrap();
+    // Peak 0.512 · 16 / 512 = 0.016 reached at the end of the 1 warm-up epoch (4 passes), then
+    // 0.0016 after the milestone: the epoch means of the per-pass rates.
+    let lr = |e: usize| epochs[e]["train"]["Learning Rate"].as_f64().unwrap();
+    assert!(
+        (lr(0) - 0.016 * (1.0 + 2.0 + 3.0 + 4.0) / 16.0).abs() < 1e-9,
+        "{report}"
+    );
+    assert!((lr(1) - 0.0016).abs() < 1e-9, "{report}");
+    assert!(report["images_per_second"].as_f64().unwrap() > 0.0);
+}

@@ -177,7 +177,7 @@ fn im2col<B: Backend>(
     conv: &StaticConv<'_, B>,
     kernel_size: [usize; 2],
 ) -> Tensor<B, 5> {
-    let [n, c, height, width] = x.dims();
+    let [_, _, height, width] = x.dims();
     let geometry = conv.geometry;
     let [ho, wo] = geometry.output_size;
     let [sh, sw] = conv.stride;
@@ -201,19 +201,25 @@ fn im2col<B: Backend>(
                 .clone()
                 .narrow(2, u * dh, sh * ho)
                 .narrow(3, v * dw, sw * wo);
-            let tap = if sh == 1 && sw == 1 {
-                window
-            } else {
-                window
-                    .reshape([n, c, ho, sh, wo, sw])
-                    .narrow(3, 0, 1)
-                    .narrow(5, 0, 1)
-                    .reshape([n, c, ho, wo])
-            };
-            taps.push(tap);
+            taps.push(subsample(window, conv.stride));
         }
     }
     Tensor::stack(taps, 1)
+}
+
+/// Every `stride`-th row and column from the first: `[n, c, ⌈h/sh⌉, ⌈w/sw⌉]` of `[n, c, h, w]`,
+/// by a reshape rather than a stepped slice, whose backward burn 0.21 does not support.
+pub(crate) fn subsample<B: Backend>(x: Tensor<B, 4>, [sh, sw]: [usize; 2]) -> Tensor<B, 4> {
+    if sh == 1 && sw == 1 {
+        return x;
+    }
+    let [n, c, h, w] = x.dims();
+    let (ho, wo) = (h.div_ceil(sh), w.div_ceil(sw));
+    pad_zeros(x, [0, ho * sh - h], [0, wo * sw - w])
+        .reshape([n, c, ho, sh, wo, sw])
+        .narrow(3, 0, 1)
+        .narrow(5, 0, 1)
+        .reshape([n, c, ho, wo])
 }
 
 /// Zero-pads the last two dimensions by `[before, after]` rows and columns, in the input's dtype

@@ -5,7 +5,9 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use common::{normal, TestAutodiff, TestBackend};
+use common::{
+    assert_close, in_test_precision, normal, precision, tensor, to_f64, TestAutodiff, TestBackend,
+};
 use pedconv::resnet::{ResNetConfig, ResNetDepth, ResNetVariant};
 
 /// The reference's counts, from the golden README (PyTorch's `numel` over its models).
@@ -124,4 +126,51 @@ fn forward_shapes_and_training_losses() {
             "{config:?}"
         );
     }
+}
+
+/// A classic shortcut's strided 1×1 convolution, against the formulas evaluated by hand:
+/// `y[b,o,i,j] = Σ_c W[o,c] x[b,c,s·i,s·j]` and, for the loss `Σ y ⊙ r`,
+/// `∂x[b,c,h,w] = Σ_o W[o,c] r[b,o,h/s,w/s]` where `s` divides `h` and `w`, 0 elsewhere.
+/// (burn 0.21's own strided 1×1 convolution gets this gradient wrong on wgpu.) An odd input
+/// side checks the last, partial window.
+#[test]
+fn classic_shortcut_convolution_and_its_gradient() {
+    let device = Default::default();
+    let model = in_test_precision(
+        ResNetConfig::new(ResNetDepth::R18)
+            .with_width(0.125)
+            .init::<TestAutodiff>(&device),
+    );
+    let shortcut = model.layer2[0].downsample.as_ref().expect("a shortcut");
+    let [cout, cin, _, _] = shortcut.conv.weight.dims();
+    let (n, h, w, s) = (2usize, 7usize, 6usize, 2usize);
+    let (ho, wo) = (h.div_ceil(s), w.div_ceil(s));
+    let x = normal::<TestAutodiff, 4>([n, cin, h, w]).require_grad();
+    let r = normal::<TestAutodiff, 4>([n, cout, ho, wo]);
+    let y = shortcut.convolve(x.clone());
+    let grads = (y.clone() * r.clone()).sum().backward();
+    let dx = x.grad(&grads).expect("an input gradient");
+
+    let (xv, rv) = (to_f64(&x), to_f64(&r));
+    let wv = to_f64(&shortcut.conv.weight.val());
+    let mut y_expected = vec![0.0; n * cout * ho * wo];
+    let mut dx_expected = vec![0.0; n * cin * h * w];
+    for b in 0..n {
+        for o in 0..cout {
+            for c in 0..cin {
+                let weight = wv[o * cin + c];
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let at_x = ((b * cin + c) * h + s * i) * w + s * j;
+                        let at_y = ((b * cout + o) * ho + i) * wo + j;
+                        y_expected[at_y] += weight * xv[at_x];
+                        dx_expected[at_x] += weight * rv[at_y];
+                    }
+                }
+            }
+        }
+    }
+    let tolerance = precision().tolerance;
+    assert_close("y", &y, &tensor(y_expected, [n, cout, ho, wo]), tolerance);
+    assert_close("dx", &dx, &tensor(dx_expected, [n, cin, h, w]), tolerance);
 }

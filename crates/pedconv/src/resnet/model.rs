@@ -9,10 +9,13 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::record::DefaultRecorder;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
 use super::config::{ResNetConfig, ResNetVariant};
 use super::plan::{BlockPlan, ConvSpec};
+use crate::paths::subsample;
 use crate::pedconv2d::PedConv2d;
 
 /// Where a training forward collects the info-max losses of the dynamic convolutions; `None`
@@ -57,12 +60,26 @@ pub struct Downsample<B: Backend> {
 }
 
 impl<B: Backend> Downsample<B> {
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// `bn(conv(pool(x)))`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.bn.forward(self.convolve(x))
+    }
+
+    /// `conv(pool(x))`. The convolution samples its input, then runs at stride 1 (the same
+    /// values): burn 0.21's wgpu backend computes a wrong input gradient for strided 1×1
+    /// convolutions.
+    pub fn convolve(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = match &self.pool {
             Some(pool) => pool.forward(x),
             None => x,
         };
-        self.bn.forward(self.conv.forward(x))
+        let conv = &self.conv;
+        conv2d(
+            subsample(x, conv.stride),
+            conv.weight.val(),
+            conv.bias.as_ref().map(|bias| bias.val()),
+            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        )
     }
 }
 
