@@ -263,11 +263,21 @@ impl MetricLogger for EpochLog {
     }
 }
 
-/// When the output is not a terminal: a progress line every tenth of a long training epoch
-/// (the epoch lines come from [`EpochLog`]).
-#[derive(Default)]
+/// How often a long epoch reports its progress when the output is not a terminal.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When the output is not a terminal: a progress line every [`PROGRESS_EVERY`] within an
+/// epoch (the epoch lines come from [`EpochLog`]).
 pub struct LineRenderer {
-    last_tenth: usize,
+    last_line: Instant,
+}
+
+impl Default for LineRenderer {
+    fn default() -> Self {
+        Self {
+            last_line: Instant::now(),
+        }
+    }
 }
 
 impl MetricsRendererTraining for LineRenderer {
@@ -279,19 +289,15 @@ impl MetricsRendererTraining for LineRenderer {
         let Some(progress) = item.progress else {
             return;
         };
-        if progress.items_total < 50 {
-            return;
-        }
-        let tenth = 10 * progress.items_processed / progress.items_total;
-        if tenth != self.last_tenth && tenth < 10 {
+        if self.last_line.elapsed() >= PROGRESS_EVERY {
             println!(
-                "  epoch {}: {}/{} iterations",
+                "  epoch {}: {}/{} images",
                 item.global_progress.items_processed,
                 progress.items_processed,
                 progress.items_total
             );
+            self.last_line = Instant::now();
         }
-        self.last_tenth = tenth;
     }
 
     fn render_valid(&mut self, _item: TrainingProgress, _progress: Vec<ProgressType>) {}
