@@ -10,7 +10,8 @@ tasks:
   test-wgpu   the test suite on the wgpu backend (needs a Vulkan driver, e.g. Mesa's lavapipe)
   lint        rustfmt --check and clippy with warnings as errors
   ci          lint, test, test-wgpu: what .ci/run runs
-  bench       the per-layer benchmark of the PEDConv compute paths (release build, flex)
+  bench       `pedconv bench` in a release build (arguments after `bench` are passed on;
+              default: flex, ResNet-18 and -50 layers, ResNet-18 at 16x224 and 64x64)
 ";
 
 fn cargo(args: &[&str]) -> Result<(), String> {
@@ -55,21 +56,27 @@ fn lint() -> Result<(), String> {
 }
 
 fn main() {
-    let task = std::env::args().nth(1).unwrap_or_default();
-    let result = match task.as_str() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = args
+        .split_first()
+        .map_or(("", &[][..]), |(t, r)| (t.as_str(), r));
+    let result = match task {
         "test" => test(),
         "test-wgpu" => test_wgpu(),
         "lint" => lint(),
         "ci" => lint().and_then(|()| test()).and_then(|()| test_wgpu()),
-        "bench" => cargo(&[
-            "run",
-            "--release",
-            "--package",
-            "pedconv",
-            "--example",
-            "layer_bench",
-            "--",
-        ]),
+        "bench" => {
+            let mut command = vec![
+                "run",
+                "--release",
+                "--package",
+                "pedconv-train",
+                "--",
+                "bench",
+            ];
+            command.extend(rest.iter().map(String::as_str));
+            cargo(&command)
+        }
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

@@ -1,6 +1,7 @@
 //! `pedconv`: the command line of the pedconv project.
 
 mod backend;
+mod bench;
 mod config;
 mod data;
 mod eval;
@@ -14,17 +15,20 @@ use burn::config::Config;
 use clap::{Parser, Subcommand};
 
 use backend::{dispatch, BackendChoice};
+use bench::memory::CountingAllocator;
+use bench::Bench;
 use config::TrainConfig;
 use data::folder::ImageFolder;
 use data::DataSource;
 use eval::Evaluation;
+use pedconv::resnet::ResNetDepth;
 use train::{last_checkpoint, Training};
 
 #[derive(Parser)]
 #[command(
     name = "pedconv",
     version,
-    about = "PEDConv ResNets: train with burn-train, evaluate burn or PyTorch checkpoints"
+    about = "PEDConv ResNets: train with burn-train, evaluate burn or PyTorch checkpoints, benchmark"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,7 +41,13 @@ enum Command {
     Train(TrainArgs),
     /// Top-1, top-5 and loss of a model on the validation images of a folder.
     Eval(EvalArgs),
+    /// Time and peak memory of PEDConv against static convolutions, per layer and whole network.
+    Bench(BenchArgs),
 }
+
+/// Counts the heap, for `bench`'s peak memory.
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 #[derive(clap::Args)]
 struct TrainArgs {
@@ -108,12 +118,7 @@ fn train(args: TrainArgs) -> Result<(), String> {
                 Some(path) => read_config(path)?,
                 None => TrainConfig::builtin(),
             };
-            let output = args.output.clone().unwrap_or_else(|| {
-                (1..)
-                    .map(|n| PathBuf::from(format!("runs/train-{n}")))
-                    .find(|dir| !dir.exists())
-                    .expect("a free run directory")
-            });
+            let output = args.output.clone().unwrap_or_else(|| free_run_dir("train"));
             (config, output, 0)
         }
     };
@@ -275,11 +280,114 @@ fn eval(args: EvalArgs) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The compute backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Flex)]
+    backend: BackendChoice,
+    /// The GPU index, for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Networks whose PEDConv layer shapes (at 224×224) are measured one by one, comma-separated
+    /// (`r18`, `r34`, `r50`, `r101`), or `none`.
+    #[arg(long, default_value = "r18,r50")]
+    layers: String,
+    /// Batch of the per-layer measurements.
+    #[arg(long, default_value_t = 8)]
+    layer_batch: usize,
+    /// Networks measured whole, static and PEDConv, comma-separated, or `none`.
+    #[arg(long, default_value = "r18")]
+    networks: String,
+    /// `BATCHxSIDE` settings of the whole-network measurements, comma-separated.
+    #[arg(long, default_value = "16x224,64x64")]
+    settings: String,
+    /// Width multiplier of the networks.
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// Timed repetitions, after one warm-up run; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Directory for `bench.json` and `bench.md`. Default: the first free `runs/bench-N`.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+fn parse_depths(flag: &str, list: &str) -> Result<Vec<ResNetDepth>, String> {
+    if list == "none" {
+        return Ok(Vec::new());
+    }
+    list.split(',')
+        .map(|name| {
+            match name
+                .trim()
+                .to_ascii_lowercase()
+                .trim_start_matches("resnet")
+            {
+                "r18" | "18" | "-18" => Ok(ResNetDepth::R18),
+                "r34" | "34" | "-34" => Ok(ResNetDepth::R34),
+                "r50" | "50" | "-50" => Ok(ResNetDepth::R50),
+                "r101" | "101" | "-101" => Ok(ResNetDepth::R101),
+                _ => Err(format!(
+                    "{flag}: unknown network `{name}` (expected r18, r34, r50, r101 or none)"
+                )),
+            }
+        })
+        .collect()
+}
+
+fn parse_settings(list: &str) -> Result<Vec<(usize, usize)>, String> {
+    list.split(',')
+        .map(|setting| {
+            let parsed = setting
+                .trim()
+                .split_once(['x', '×'])
+                .and_then(|(b, s)| Some((b.parse().ok()?, s.parse().ok()?)))
+                .filter(|&(b, s): &(usize, usize)| b > 0 && s >= 32);
+            parsed.ok_or_else(|| {
+                format!(
+                    "--settings: `{setting}` is not BATCHxSIDE with a positive batch and a side \
+                     of at least 32 (e.g. 16x224)"
+                )
+            })
+        })
+        .collect()
+}
+
+fn bench(args: BenchArgs) -> Result<(), String> {
+    if args.reps == 0 || args.layer_batch == 0 || !(args.width > 0.0) {
+        return Err("--reps, --layer-batch and --width must be positive".into());
+    }
+    let job = Bench {
+        layer_networks: parse_depths("--layers", &args.layers)?,
+        layer_batch: args.layer_batch,
+        networks: parse_depths("--networks", &args.networks)?,
+        settings: parse_settings(&args.settings)?,
+        width: args.width,
+        reps: args.reps,
+        backend: args.backend.name().to_string(),
+    };
+    let output = args.output.unwrap_or_else(|| free_run_dir("bench"));
+    let report = dispatch(args.backend, args.device, job)?;
+    report.write(&output)?;
+    println!("{}", report.markdown());
+    println!("wrote {0}/bench.json and {0}/bench.md", output.display());
+    Ok(())
+}
+
+/// The first `runs/<kind>-N` that does not exist.
+fn free_run_dir(kind: &str) -> PathBuf {
+    (1..)
+        .map(|n| PathBuf::from(format!("runs/{kind}-{n}")))
+        .find(|dir| !dir.exists())
+        .expect("a free run directory")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -535,3 +535,59 @@ fn synthetic_source_with_accumulation_and_step_decay() {
     assert!((lr(1) - 0.0016).abs() < 1e-9, "{report}");
     assert!(report["images_per_second"].as_f64().unwrap() > 0.0);
 }
+
+/// `bench` writes its JSON and markdown with a static baseline for every layer and network.
+#[test]
+fn bench_reports_layers_and_networks_with_ratios() {
+    let dir = scratch("bench");
+    let output = dir.join("bench");
+    let (ok, stdout, stderr) = pedconv(&[
+        "bench",
+        "--layers",
+        "r18",
+        "--layer-batch",
+        "1",
+        "--networks",
+        "r18",
+        "--settings",
+        "2x32",
+        "--width",
+        "0.125",
+        "--reps",
+        "1",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("| ResNet-18 | 2 | 32² | pedconv |"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("bench.json")).unwrap()).unwrap();
+    let layers = report["layers"].as_array().unwrap();
+    // ResNet-18 has 7 distinct PEDConv shapes, each measured static and with both paths.
+    assert_eq!(layers.len(), 7 * 3, "{report}");
+    assert_eq!(
+        layers
+            .iter()
+            .map(|l| l["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        3 * 16,
+        "the counts cover ResNet-18's 16 PEDConvs (8 blocks of 2), once per operator"
+    );
+    let networks = report["networks"].as_array().unwrap();
+    assert_eq!(networks.len(), 2);
+    assert!(networks
+        .iter()
+        .all(|n| n["train_images_per_second"].as_f64().unwrap() > 0.0));
+    assert!(output.join("bench.md").exists());
+
+    let (ok, _, stderr) = pedconv(&["bench", "--settings", "16by224"]);
+    assert!(
+        !ok && stderr.contains("`16by224` is not BATCHxSIDE"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = pedconv(&["bench", "--networks", "r19"]);
+    assert!(!ok && stderr.contains("unknown network `r19`"), "{stderr}");
+}

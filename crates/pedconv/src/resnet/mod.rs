@@ -7,4 +7,5 @@ mod pytorch;
 
 pub use config::{ConvInit, PedConvSettings, ResNetConfig, ResNetDepth, ResNetVariant};
 pub use model::{Block, ConvLayer, Downsample, ResNet, ResNetOutput};
+pub use plan::ConvLayerShape;
 pub use pytorch::ImportMode;

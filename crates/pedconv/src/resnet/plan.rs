@@ -138,18 +138,40 @@ impl ResNetConfig {
     /// Multiply-accumulates of one forward for one `[H, W]` image; the static convolutions and
     /// the classifier count as `conv`.
     pub fn macs(&self, input_size: [usize; 2]) -> MacCounts {
-        let plan = self.plan();
-        let mut total = MacCounts::default();
-        let mut run = |spec: ConvSpec, size: [usize; 2]| -> [usize; 2] {
-            let config = self.conv_config(spec);
-            let macs = config.macs(size);
-            total = total
-                + if spec.dynamic {
+        let total = self
+            .conv_layers(input_size)
+            .iter()
+            .map(|layer| {
+                let macs = layer.config.macs(layer.input_size);
+                if layer.dynamic {
                     macs
                 } else {
                     macs.static_part()
-                };
-            config_output(&config, size)
+                }
+            })
+            .fold(MacCounts::default(), |sum, macs| sum + macs);
+        let [features, classes] = self.plan().classifier;
+        total
+            + MacCounts {
+                conv: (features * classes) as u64,
+                ..Default::default()
+            }
+    }
+
+    /// Every convolution of the network, in order (stem, then each block's main path and
+    /// shortcut), with the input size it sees for one `[H, W]` image.
+    pub fn conv_layers(&self, input_size: [usize; 2]) -> Vec<ConvLayerShape> {
+        let plan = self.plan();
+        let mut layers = Vec::new();
+        let mut run = |spec: ConvSpec, size: [usize; 2]| -> [usize; 2] {
+            let config = self.conv_config(spec);
+            let output = config_output(&config, size);
+            layers.push(ConvLayerShape {
+                config,
+                input_size: size,
+                dynamic: spec.dynamic,
+            });
+            output
         };
         let mut size = input_size;
         for spec in &plan.stem {
@@ -172,13 +194,20 @@ impl ResNetConfig {
                 run(shortcut, pooled);
             }
         }
-        let [features, classes] = plan.classifier;
-        total
-            + MacCounts {
-                conv: (features * classes) as u64,
-                ..Default::default()
-            }
+        layers
     }
+}
+
+/// One convolution of a ResNet.
+#[derive(Debug, Clone)]
+pub struct ConvLayerShape {
+    /// Its configuration (for a static convolution, that of a PEDConv of the same geometry,
+    /// whose base weight it is).
+    pub config: PedConv2dConfig,
+    /// The `[H, W]` of its input.
+    pub input_size: [usize; 2],
+    /// If it is a PEDConv.
+    pub dynamic: bool,
 }
 
 fn config_output(config: &PedConv2dConfig, size: [usize; 2]) -> [usize; 2] {

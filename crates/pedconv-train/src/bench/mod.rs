@@ -1,0 +1,403 @@
+//! `pedconv bench`: per-layer and whole-network cost of PEDConv against static convolutions,
+//! on one backend, reported as JSON and markdown with the PEDConv/static ratios.
+
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{Optimizer, SgdConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::train::{InferenceStep, TrainStep};
+use pedconv::resnet::{ResNetConfig, ResNetDepth};
+use pedconv::{ComputePath, PedConv2d, PedConv2dConfig};
+use serde::Serialize;
+
+use crate::backend::BackendJob;
+use crate::data::Batch;
+use crate::train::Classifier;
+use memory::{measure, Measure};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Bench {
+    /// Networks whose PEDConv layers are measured one by one (at 224×224 inputs).
+    pub layer_networks: Vec<ResNetDepth>,
+    /// Batch of the per-layer measurements.
+    pub layer_batch: usize,
+    /// Networks measured whole, static and PEDConv.
+    pub networks: Vec<ResNetDepth>,
+    /// `(batch, image side)` of the whole-network measurements.
+    pub settings: Vec<(usize, usize)>,
+    /// Width multiplier of the networks.
+    pub width: f64,
+    /// Timed repetitions (after one warm-up run).
+    pub reps: usize,
+    /// The backend's name, for the report.
+    pub backend: String,
+}
+
+/// One layer shape, measured with one operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerRow {
+    pub network: String,
+    /// `Cin→Cout k×k /stride @ H×W`.
+    pub layer: String,
+    /// How many layers of the network have this shape.
+    pub count: usize,
+    /// `static` or the PEDConv path.
+    pub operator: String,
+    /// The path `Auto` takes for this shape.
+    pub auto_path: String,
+    pub forward: Measure,
+    pub forward_backward: Measure,
+}
+
+/// One network at one batch and resolution.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkRow {
+    pub network: String,
+    /// `static` or `pedconv`.
+    pub model: String,
+    pub batch: usize,
+    pub image_size: usize,
+    /// One training step: forward, loss, backward, weight decay and the SGD update.
+    pub train_step: Measure,
+    pub train_images_per_second: f64,
+    /// One inference forward.
+    pub inference: Measure,
+    pub inference_images_per_second: f64,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub threads: usize,
+    pub reps: usize,
+    pub layer_batch: usize,
+    pub width: f64,
+    pub layers: Vec<LayerRow>,
+    pub networks: Vec<NetworkRow>,
+}
+
+fn depth_name(depth: ResNetDepth) -> String {
+    format!("ResNet-{}", &format!("{depth:?}")[1..])
+}
+
+fn path_name(path: ComputePath) -> String {
+    format!("{path:?}")
+}
+
+fn sync<B: Backend>(device: &B::Device) {
+    B::sync(device).expect("device synchronisation");
+}
+
+impl BackendJob for Bench {
+    type Output = BenchReport;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<BenchReport, String> {
+        let mut layers = Vec::new();
+        for &depth in &self.layer_networks {
+            layers.extend(bench_layers::<B>(&self, depth, &device));
+        }
+        let mut networks = Vec::new();
+        for &depth in &self.networks {
+            for &(batch, size) in &self.settings {
+                for dynamic in [false, true] {
+                    networks.push(bench_network::<B>(
+                        &self, depth, dynamic, batch, size, &device,
+                    ));
+                }
+            }
+        }
+        Ok(BenchReport {
+            backend: self.backend,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            reps: self.reps,
+            layer_batch: self.layer_batch,
+            width: self.width,
+            layers,
+            networks,
+        })
+    }
+}
+
+/// The distinct PEDConv layers of a network at 224×224, in order, with their multiplicity.
+fn distinct_layers(config: &ResNetConfig) -> Vec<(PedConv2dConfig, [usize; 2], usize)> {
+    let mut distinct: Vec<(PedConv2dConfig, [usize; 2], usize)> = Vec::new();
+    for layer in config.conv_layers([224, 224]) {
+        if !layer.dynamic {
+            continue;
+        }
+        let same = |(c, size, _): &&mut (PedConv2dConfig, [usize; 2], usize)| {
+            c.channels == layer.config.channels
+                && c.kernel_size == layer.config.kernel_size
+                && c.stride == layer.config.stride
+                && *size == layer.input_size
+        };
+        match distinct.iter_mut().find(same) {
+            Some(entry) => entry.2 += 1,
+            None => distinct.push((layer.config, layer.input_size, 1)),
+        }
+    }
+    distinct
+}
+
+fn bench_layers<B: Backend>(
+    bench: &Bench,
+    depth: ResNetDepth,
+    device: &B::Device,
+) -> Vec<LayerRow> {
+    type Ad<B> = Autodiff<B>;
+    let network = ResNetConfig::new(depth).with_width(bench.width).dynamic();
+    let mut rows = Vec::new();
+    for (config, [h, w], count) in distinct_layers(&network) {
+        let [cin, cout] = config.channels;
+        let [k, _] = config.kernel_size;
+        let ped: PedConv2d<Ad<B>> = config.init(device);
+        let conv: Conv2d<Ad<B>> = Conv2dConfig::new(config.channels, config.kernel_size)
+            .with_stride(config.stride)
+            .with_padding(config.padding.clone())
+            .with_bias(false)
+            .init(device);
+        let x = Tensor::<Ad<B>, 4>::random(
+            [bench.layer_batch, cin, h, w],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        );
+        let geometry = ped.geometry([h, w]);
+        let [ho, wo] = geometry.output_size;
+        let auto = ComputePath::Auto.resolve(cout / config.groups, k * k, ho * wo);
+        let layer = format!("{cin}→{cout} {k}×{k} /{} @ {h}×{w}", config.stride[0]);
+        eprintln!("bench: {} {layer} …", depth_name(depth));
+        let x_inner = x.clone().inner();
+        let row = |operator: String, forward, forward_backward| LayerRow {
+            network: depth_name(depth),
+            layer: layer.clone(),
+            count,
+            operator,
+            auto_path: path_name(auto),
+            forward,
+            forward_backward,
+        };
+        let conv_inner = conv.valid();
+        rows.push(row(
+            "static".into(),
+            measure(bench.reps, || {
+                let _ = conv_inner.forward(x_inner.clone());
+                sync::<B>(device);
+            }),
+            measure(bench.reps, || {
+                let _ = conv.forward(x.clone().require_grad()).sum().backward();
+                sync::<B>(device);
+            }),
+        ));
+        for path in [ComputePath::Factorized, ComputePath::PerSampleKernel] {
+            let train = ped.clone().with_compute_path(path);
+            let inner = train.valid();
+            rows.push(row(
+                path_name(path),
+                measure(bench.reps, || {
+                    let _ = inner.forward(x_inner.clone());
+                    sync::<B>(device);
+                }),
+                measure(bench.reps, || {
+                    let out = train.forward_train(x.clone().require_grad());
+                    let mut loss = out.output.sum();
+                    if let Some(info_max) = out.info_max_loss {
+                        loss = loss + info_max.mul_scalar(0.001);
+                    }
+                    let _ = loss.backward();
+                    sync::<B>(device);
+                }),
+            ));
+        }
+    }
+    rows
+}
+
+fn bench_network<B: Backend>(
+    bench: &Bench,
+    depth: ResNetDepth,
+    dynamic: bool,
+    batch: usize,
+    size: usize,
+    device: &B::Device,
+) -> NetworkRow {
+    let classes = 1000;
+    let mut config = ResNetConfig::new(depth)
+        .with_width(bench.width)
+        .with_num_classes(classes);
+    if dynamic {
+        config = config.dynamic();
+    }
+    let model_name = if dynamic { "pedconv" } else { "static" };
+    eprintln!(
+        "bench: {} {model_name}, batch {batch}, {size}×{size} …",
+        depth_name(depth)
+    );
+    B::seed(device, 0);
+    let mut model = Some(Classifier::new(
+        config.init::<Autodiff<B>>(device),
+        0.1,
+        0.001,
+        3.0517578125e-05,
+        1,
+    ));
+    let mut optimizer = SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(0.875)
+                .with_dampening(0.0),
+        ))
+        .init::<Autodiff<B>, Classifier<Autodiff<B>>>();
+    let batch_data = synthetic_batch(batch, size, classes);
+    let train_step = measure(bench.reps, || {
+        let current = model.take().expect("the model");
+        let grads = TrainStep::step(&current, batch_data.clone()).grads;
+        model = Some(optimizer.step(0.1, current, grads));
+        sync::<B>(device);
+    });
+    let inner = model.take().expect("the model").valid();
+    let inference = measure(bench.reps, || {
+        let _ = InferenceStep::step(&inner, batch_data.clone());
+        sync::<B>(device);
+    });
+    let per_second = |m: &Measure| batch as f64 / (m.millis / 1e3);
+    NetworkRow {
+        network: depth_name(depth),
+        model: model_name.into(),
+        batch,
+        image_size: size,
+        train_images_per_second: per_second(&train_step),
+        inference_images_per_second: per_second(&inference),
+        train_step,
+        inference,
+    }
+}
+
+/// Random normal images with one-hot targets, on the CPU (the step moves them to the device,
+/// as in training).
+fn synthetic_batch(batch: usize, size: usize, classes: usize) -> Batch {
+    let mut rng = crate::data::rng::Rng::new(1);
+    let images: Vec<f32> = (0..batch * 3 * size * size)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
+    let mut targets = vec![0.0f32; batch * classes];
+    for (i, &label) in labels.iter().enumerate() {
+        targets[i * classes + label as usize] = 1.0;
+    }
+    Batch {
+        images: TensorData::new(images, [batch, 3, size, size]),
+        targets: TensorData::new(targets, [batch, classes]),
+        labels,
+    }
+}
+
+impl BenchReport {
+    /// Markdown tables: per layer (each operator against the static convolution of the same
+    /// shape), then per network (PEDConv against static at the same batch and resolution).
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "Backend {}, {} threads, median of {} repetitions after a warm-up; peak = heap above \
+             the inputs and parameters{}.\n",
+            self.backend,
+            self.threads,
+            self.reps,
+            if matches!(self.backend.as_str(), "flex" | "ndarray") {
+                ""
+            } else {
+                " (host memory only on a GPU backend)"
+            }
+        );
+        if !self.layers.is_empty() {
+            out += &format!(
+                "\n### Layers (batch {}, width {})\n\n| network | layer | × | operator | forward ms | ×static | fwd+bwd ms | ×static | peak fwd+bwd MiB | ×static |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                self.layer_batch, self.width
+            );
+            for row in &self.layers {
+                let base = self
+                    .layers
+                    .iter()
+                    .find(|r| {
+                        r.network == row.network && r.layer == row.layer && r.operator == "static"
+                    })
+                    .expect("a static row per layer");
+                let auto = if row.operator == row.auto_path {
+                    " (Auto)"
+                } else {
+                    ""
+                };
+                out += &format!(
+                    "| {} | {} | {} | {}{auto} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |\n",
+                    row.network,
+                    row.layer,
+                    row.count,
+                    row.operator,
+                    row.forward.millis,
+                    row.forward.millis / base.forward.millis,
+                    row.forward_backward.millis,
+                    row.forward_backward.millis / base.forward_backward.millis,
+                    row.forward_backward.peak_mib,
+                    row.forward_backward.peak_mib / base.forward_backward.peak_mib,
+                );
+            }
+        }
+        if !self.networks.is_empty() {
+            out += &format!(
+                "\n### Networks (width {})\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                self.width
+            );
+            let mut groups: BTreeMap<(String, usize, usize), Vec<&NetworkRow>> = BTreeMap::new();
+            for row in &self.networks {
+                groups
+                    .entry((row.network.clone(), row.batch, row.image_size))
+                    .or_default()
+                    .push(row);
+            }
+            for rows in groups.values() {
+                let base = rows
+                    .iter()
+                    .find(|r| r.model == "static")
+                    .expect("a static row");
+                for row in rows {
+                    out += &format!(
+                        "| {} | {} | {}² | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
+                        row.network,
+                        row.batch,
+                        row.image_size,
+                        row.model,
+                        row.train_images_per_second,
+                        row.train_images_per_second / base.train_images_per_second,
+                        row.train_step.peak_mib,
+                        row.train_step.peak_mib / base.train_step.peak_mib,
+                        row.inference_images_per_second,
+                        row.inference_images_per_second / base.inference_images_per_second,
+                        row.inference.peak_mib,
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `bench.json` and `bench.md` into `dir`.
+    pub fn write(&self, dir: &PathBuf) -> Result<(), String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        for (name, text) in [("bench.json", json), ("bench.md", self.markdown())] {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
