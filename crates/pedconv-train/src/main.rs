@@ -354,7 +354,7 @@ fn parse_settings(list: &str) -> Result<Vec<(usize, usize)>, String> {
 }
 
 fn bench(args: BenchArgs) -> Result<(), String> {
-    if args.reps == 0 || args.layer_batch == 0 || !(args.width > 0.0) {
+    if args.reps == 0 || args.layer_batch == 0 || args.width.is_nan() || args.width <= 0.0 {
         return Err("--reps, --layer-batch and --width must be positive".into());
     }
     let job = Bench {
