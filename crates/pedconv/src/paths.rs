@@ -74,11 +74,12 @@ pub(crate) fn per_sample_kernel<B: Backend>(
         * factors.kernel.clone().unsqueeze_dim::<4>(2))
     .reshape([batch, rank, group_in * kh * kw]);
     let modulation = factors.output.clone().swap_dims(1, 2).matmul(input_taps);
-    let kernels = conv
-        .weight
-        .clone()
-        .reshape([1, channels_out, group_in * kh * kw])
-        .mul(modulation)
+    // 2-D, the modulation first and the weight a shared row: the shape flex multiplies with SIMD
+    // (a broadcast over a middle dimension takes its element-by-element path).
+    let kernel_size = channels_out * group_in * kh * kw;
+    let kernels = modulation
+        .reshape([batch, kernel_size])
+        .mul(conv.weight.clone().reshape([1, kernel_size]))
         .reshape([batch * channels_out, group_in, kh, kw]);
     conv.conv(
         x.reshape([1, batch * channels_in, height, width]),

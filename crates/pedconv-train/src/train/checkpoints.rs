@@ -30,14 +30,18 @@ impl KeepLastAndBest {
         Self { keep, saved, log }
     }
 
-    /// The best epoch once `epoch`'s record has arrived (or the wait ran out).
-    fn best_after(&self, epoch: usize) -> Option<usize> {
+    /// Once `epoch`'s record has arrived (or the wait ran out): the best epoch, and whether the
+    /// run is still healthy (no NaN loss, nothing else that stopped it).
+    fn state_after(&self, epoch: usize) -> (Option<usize>, bool) {
         let started = Instant::now();
         loop {
             let log = self.log.lock().expect("run log");
             let arrived = log.records.iter().any(|r| r.epoch == epoch);
             if arrived || started.elapsed() > RECORD_WAIT {
-                return best_of(&log.records).map(|(best, _)| best);
+                return (
+                    best_of(&log.records).map(|(best, _)| best),
+                    log.stopped.is_none(),
+                );
             }
             drop(log);
             std::thread::sleep(Duration::from_millis(2));
@@ -51,7 +55,11 @@ impl CheckpointingStrategy for KeepLastAndBest {
         epoch: usize,
         _store: &EventStoreClient,
     ) -> Vec<CheckpointingAction> {
-        let best = self.best_after(epoch);
+        let (best, healthy) = self.state_after(epoch);
+        if !healthy {
+            // The weights of an epoch whose loss became NaN are not kept.
+            return Vec::new();
+        }
         self.saved.insert(epoch);
         let last: Vec<usize> = self
             .saved
