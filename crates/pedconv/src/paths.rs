@@ -125,13 +125,20 @@ pub(crate) fn factorized<B: Backend>(
     } else {
         // Channels first, so that the columns are `[in·kh·kw, B·r·Ho·Wo]` without a transpose
         // and the contraction is one GEMM per group.
-        let spatial = factors.kernel.clone().reshape([batch * rank, taps]);
-        let spatial = swap_leading_dims(spatial).reshape([1, taps, batch * rank, 1, 1]);
-        let columns = (im2col(swap_leading_dims(scaled), conv, [kh, kw]) * spatial).reshape([
-            conv.groups,
-            group_in * taps,
-            batch * rank * ho * wo,
-        ]);
+        let positions = batch * rank * ho * wo;
+        // The factor of tap t and sample b, repeated over the sample's Ho·Wo output positions:
+        // one row `[1, taps·B·r·Ho·Wo]` shared by every input channel's columns, the broadcast
+        // that flex multiplies with SIMD (a factor broadcast over the leading channel dimension
+        // and the trailing pixel dimensions at once takes its element-by-element path, which
+        // made this product the largest cost of the path).
+        let spatial = swap_leading_dims(factors.kernel.clone().reshape([batch * rank, taps]))
+            .reshape([taps * batch * rank, 1])
+            .expand([taps * batch * rank, ho * wo])
+            .reshape([1, taps * positions]);
+        let columns = (im2col(swap_leading_dims(scaled), conv, [kh, kw])
+            .reshape([channels_in, taps * positions])
+            * spatial)
+            .reshape([conv.groups, group_in * taps, positions]);
         let weight =
             conv.weight
                 .clone()
