@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 use backend::{dispatch, BackendChoice};
 use bench::memory::CountingAllocator;
-use bench::Bench;
+use bench::{Bench, Checkpointing};
 use config::TrainConfig;
 use data::folder::ImageFolder;
 use data::DataSource;
@@ -307,6 +307,9 @@ struct BenchArgs {
     /// Timed repetitions, after one warm-up run; the median is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// burn's autodiff checkpointing in the whole-network training steps.
+    #[arg(long, value_enum, default_value_t = Checkpointing::None)]
+    checkpointing: Checkpointing,
     /// Directory for `bench.json` and `bench.md`. Default: the first free `runs/bench-N`.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -364,6 +367,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         settings: parse_settings(&args.settings)?,
         width: args.width,
         reps: args.reps,
+        checkpointing: args.checkpointing,
         backend: args.backend.name().to_string(),
     };
     let output = args.output.unwrap_or_else(|| free_run_dir("bench"));

@@ -6,6 +6,9 @@ pub mod memory;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -38,8 +41,21 @@ pub struct Bench {
     pub width: f64,
     /// Timed repetitions (after one warm-up run).
     pub reps: usize,
+    /// How the whole-network training steps keep what the backward pass needs.
+    pub checkpointing: Checkpointing,
     /// The backend's name, for the report.
     pub backend: String,
+}
+
+/// burn's autodiff checkpointing strategy for the whole-network training steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    /// Keep every intermediate the backward pass needs.
+    None,
+    /// Recompute the memory-bound operations (element-wise, reshapes, slices) in the backward
+    /// pass instead of keeping their outputs: less memory, some more time.
+    Balanced,
 }
 
 /// One layer shape, measured with one operator.
@@ -82,6 +98,7 @@ pub struct BenchReport {
     pub reps: usize,
     pub layer_batch: usize,
     pub width: f64,
+    pub checkpointing: Checkpointing,
     pub layers: Vec<LayerRow>,
     pub networks: Vec<NetworkRow>,
 }
@@ -110,9 +127,11 @@ impl BackendJob for Bench {
         for &depth in &self.networks {
             for &(batch, size) in &self.settings {
                 for dynamic in [false, true] {
-                    networks.push(bench_network::<B>(
-                        &self, depth, dynamic, batch, size, &device,
-                    ));
+                    let run = match self.checkpointing {
+                        Checkpointing::None => bench_network::<B, NoCheckpointing>,
+                        Checkpointing::Balanced => bench_network::<B, BalancedCheckpointing>,
+                    };
+                    networks.push(run(&self, depth, dynamic, batch, size, &device));
                 }
             }
         }
@@ -122,6 +141,7 @@ impl BackendJob for Bench {
             reps: self.reps,
             layer_batch: self.layer_batch,
             width: self.width,
+            checkpointing: self.checkpointing,
             layers,
             networks,
         })
@@ -222,7 +242,7 @@ fn bench_layers<B: Backend>(
     rows
 }
 
-fn bench_network<B: Backend>(
+fn bench_network<B: Backend, C: CheckpointStrategy>(
     bench: &Bench,
     depth: ResNetDepth,
     dynamic: bool,
@@ -244,7 +264,7 @@ fn bench_network<B: Backend>(
     );
     B::seed(device, 0);
     let mut model = Some(Classifier::new(
-        config.init::<Autodiff<B>>(device),
+        config.init::<Autodiff<B, C>>(device),
         0.1,
         0.001,
         3.0517578125e-05,
@@ -256,7 +276,7 @@ fn bench_network<B: Backend>(
                 .with_momentum(0.875)
                 .with_dampening(0.0),
         ))
-        .init::<Autodiff<B>, Classifier<Autodiff<B>>>();
+        .init::<Autodiff<B, C>, Classifier<Autodiff<B, C>>>();
     let batch_data = synthetic_batch(batch, size, classes);
     let train_step = measure(bench.reps, || {
         let current = model.take().expect("the model");
@@ -352,8 +372,8 @@ impl BenchReport {
         }
         if !self.networks.is_empty() {
             out += &format!(
-                "\n### Networks (width {})\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-                self.width
+                "\n### Networks (width {}, autodiff checkpointing {:?})\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                self.width, self.checkpointing
             );
             let mut groups: BTreeMap<(String, usize, usize), Vec<&NetworkRow>> = BTreeMap::new();
             for row in &self.networks {
