@@ -22,26 +22,22 @@ pub enum ComputePath {
     /// scaled input for 1×1 kernels, else `B·Cin·kh·kw·Ho·Wo` elements (the columns).
     Factorized,
     /// Per forward, the path that materialises fewer elements: [`Factorized`](Self::Factorized)
-    /// for 1×1 kernels and whenever `Cout/g ≥ Ho·Wo`, else
-    /// [`PerSampleKernel`](Self::PerSampleKernel). In ResNets this picks the per-sample kernels
-    /// in the early, high-resolution stages and the factorized path in the late ones, which
-    /// matches the fastest path measured on the CPU backend at each ResNet-18 stage.
+    /// whenever `Cout/g ≥ Ho·Wo` (its columns, or its scaled input for 1×1 kernels, are then no
+    /// larger than the per-sample kernels), else [`PerSampleKernel`](Self::PerSampleKernel). In
+    /// ResNets this picks the per-sample kernels in the early, high-resolution stages and the
+    /// factorized path in the late ones, which is the faster path (or within 10 % of it) at
+    /// every PEDConv layer shape of ResNet-18 and ResNet-50 measured by `pedconv bench` on the
+    /// CPU backend, but one (ResNet-18's 128→256 stride-2 layer, where the per-sample kernels
+    /// are 2× faster).
     Auto,
 }
 
 impl ComputePath {
-    /// The concrete path used for a layer with `out_channels_per_group` output channels per group,
-    /// a `kernel_taps = kh·kw` kernel, and an `output_pixels = Ho·Wo` output plane.
-    pub fn resolve(
-        self,
-        out_channels_per_group: usize,
-        kernel_taps: usize,
-        output_pixels: usize,
-    ) -> ComputePath {
+    /// The concrete path used for a layer with `out_channels_per_group` output channels per group
+    /// and an `output_pixels = Ho·Wo` output plane.
+    pub fn resolve(self, out_channels_per_group: usize, output_pixels: usize) -> ComputePath {
         match self {
-            ComputePath::Auto if kernel_taps == 1 || out_channels_per_group >= output_pixels => {
-                ComputePath::Factorized
-            }
+            ComputePath::Auto if out_channels_per_group >= output_pixels => ComputePath::Factorized,
             ComputePath::Auto => ComputePath::PerSampleKernel,
             concrete => concrete,
         }

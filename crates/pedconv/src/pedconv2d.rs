@@ -286,7 +286,7 @@ impl<B: Backend> PedConv2d<B> {
         factors: &AttentionFactors<B>,
         geometry: &ConvGeometry,
     ) -> Tensor<B, 4> {
-        let [channels_out, _, kh, kw] = self.weight.dims();
+        let channels_out = self.weight.dims()[0];
         let conv = StaticConv {
             weight: self.weight.val(),
             stride: self.stride,
@@ -294,11 +294,10 @@ impl<B: Backend> PedConv2d<B> {
             groups: self.groups,
             geometry,
         };
-        let output = match self.compute_path.resolve(
-            channels_out / self.groups,
-            kh * kw,
-            geometry.output_pixels(),
-        ) {
+        let output = match self
+            .compute_path
+            .resolve(channels_out / self.groups, geometry.output_pixels())
+        {
             ComputePath::PerSampleKernel => paths::per_sample_kernel(input, factors, &conv),
             _ => paths::factorized(input, factors, &conv),
         };
