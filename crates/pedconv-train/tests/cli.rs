@@ -168,6 +168,14 @@ fn tiny_config(dir: &Path) -> PathBuf {
     path
 }
 
+/// Rewrites the JSON configuration at `path` with `edit` applied.
+fn edit_config(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(path, config.to_string()).unwrap();
+}
+
 fn report(run: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(run.join("report.json")).expect("report.json");
     serde_json::from_str(&text).unwrap()
@@ -331,12 +339,11 @@ fn image_folder(name: &str, per_class: usize) -> PathBuf {
 /// A configuration for a tiny folder run: 16-pixel crops of 20-pixel validation images.
 fn folder_config(dir: &Path, data: &Path) -> PathBuf {
     let path = tiny_config(dir);
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["model"]["num_classes"] = 2.into();
-    config["data"]["source"] = serde_json::json!({"kind": "folder", "path": data});
-    config["data"]["val_resize"] = 20.into();
-    std::fs::write(&path, config.to_string()).unwrap();
+    edit_config(&path, |config| {
+        config["model"]["num_classes"] = 2.into();
+        config["data"]["source"] = serde_json::json!({"kind": "folder", "path": data});
+        config["data"]["val_resize"] = 20.into();
+    });
     path
 }
 
@@ -345,20 +352,19 @@ fn train_on_an_image_folder_skips_and_counts_unreadable_images() {
     let data = image_folder("folder", 12);
     std::fs::write(data.join("train/vertical/broken.jpg"), b"not a jpeg").unwrap();
     let config = folder_config(&data, &data);
-    let output = data.join("run");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
+    let run = |config: &Path, output: &Path| {
+        pedconv(&[
             "train",
             "--config",
             config.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
             "--epochs",
             "1",
-        ];
-        args.extend_from_slice(extra);
-        pedconv(&args)
+        ])
     };
     // 1 of 25 training images is 4 %: more than the default 1 % stops the run.
-    let (ok, _, stderr) = run(&["--output", output.to_str().unwrap()]);
+    let (ok, _, stderr) = run(&config, &data.join("run"));
     assert!(!ok, "too many unreadable images stop the run");
     assert!(
         stderr.contains("could not be read") && stderr.contains("broken.jpg"),
@@ -366,21 +372,11 @@ fn train_on_an_image_folder_skips_and_counts_unreadable_images() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let mut lenient: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    lenient["data"]["max_bad_fraction"] = 0.1.into();
-    let lenient_path = data.join("lenient.json");
-    std::fs::write(&lenient_path, lenient.to_string()).unwrap();
+    edit_config(&config, |config| {
+        config["data"]["max_bad_fraction"] = 0.1.into()
+    });
     let output = data.join("run-lenient");
-    let (ok, stdout, stderr) = pedconv(&[
-        "train",
-        "--config",
-        lenient_path.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--epochs",
-        "1",
-    ]);
+    let (ok, stdout, stderr) = run(&config, &output);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("epoch   1/1"), "{stdout}");
     assert_eq!(
@@ -502,14 +498,13 @@ fn bad_training_configurations_are_named() {
 fn synthetic_source_with_accumulation_and_step_decay() {
     let dir = scratch("synthetic");
     let path = tiny_config(&dir);
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config["data"]["source"] = serde_json::json!({"kind": "synthetic", "train_images": 32, "valid_images": 8, "classes": 12});
-    config["batch_size"] = 8.into();
-    config["optimizer_batch_size"] = 16.into();
-    config["decay"] = serde_json::json!({"kind": "step", "milestones": [1], "gamma": 0.1});
-    config["mixup"] = 0.2.into();
-    std::fs::write(&path, config.to_string()).unwrap();
+    edit_config(&path, |config| {
+        config["data"]["source"] = serde_json::json!({"kind": "synthetic", "train_images": 32, "valid_images": 8, "classes": 12});
+        config["batch_size"] = 8.into();
+        config["optimizer_batch_size"] = 16.into();
+        config["decay"] = serde_json::json!({"kind": "step", "milestones": [1], "gamma": 0.1});
+        config["mixup"] = 0.2.into();
+    });
     let output = dir.join("run");
     let (ok, stdout, stderr) = pedconv(&[
         "train",

@@ -25,7 +25,7 @@ use crate::data::{BadImages, ImageBatcher, Samples, Split};
 use crate::schedule::Schedule;
 use checkpoints::{saved_epochs, KeepLastAndBest};
 pub use objective::Classifier;
-use progress::{read_journal, EpochLog, EpochRecord, LineRenderer, RunLog};
+use progress::{read_journal, rewrite_journal, EpochLog, EpochRecord, LineRenderer, RunLog};
 
 /// A training run to launch on a backend.
 pub struct Training {
@@ -40,6 +40,11 @@ pub struct Training {
 /// The run directory's checkpoint folder (burn-train's layout).
 pub fn checkpoint_dir(output: &Path) -> PathBuf {
     output.join("checkpoint")
+}
+
+/// The model checkpoint of `epoch` in a run directory.
+fn model_checkpoint(output: &Path, epoch: usize) -> PathBuf {
+    checkpoint_dir(output).join(format!("model-{epoch}.mpk"))
 }
 
 /// The last epoch with a complete checkpoint in a run directory.
@@ -209,9 +214,7 @@ fn run<B: AutodiffBackend>(job: Training, device: B::Device) -> Result<(), Strin
         Some(epoch) => format!(
             "{what}; the last checkpoint is epoch {epoch} ({}); continue with \
              `pedconv train --resume {}`",
-            checkpoint_dir(&job.output)
-                .join(format!("model-{epoch}.mpk"))
-                .display(),
+            model_checkpoint(&job.output, epoch).display(),
             job.output.display()
         ),
         None => format!("{what}; no epoch finished, so there is no checkpoint"),
@@ -238,15 +241,6 @@ pub fn best_of(records: &[EpochRecord]) -> Option<(usize, f64)> {
         })
 }
 
-fn rewrite_journal(path: &Path, records: &[EpochRecord]) -> Result<(), String> {
-    let text: String = records
-        .iter()
-        .map(|r| serde_json::to_string(r).map(|line| line + "\n"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
 fn write_report(
     job: &Training,
     records: &[EpochRecord],
@@ -261,12 +255,8 @@ fn write_report(
             s + r.train_seconds,
         )
     });
-    let best_checkpoint = best.map(|(epoch, _)| {
-        checkpoint_dir(&job.output)
-            .join(format!("model-{epoch}.mpk"))
-            .display()
-            .to_string()
-    });
+    let best_checkpoint =
+        best.map(|(epoch, _)| model_checkpoint(&job.output, epoch).display().to_string());
     let report = serde_json::json!({
         "backend": job.backend_name,
         "finished": finished,

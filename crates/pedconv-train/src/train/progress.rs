@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -197,12 +197,27 @@ impl RunLog {
     }
 }
 
+/// `record` as one line of the journal.
+fn journal_line(record: &EpochRecord) -> serde_json::Result<String> {
+    serde_json::to_string(record).map(|line| line + "\n")
+}
+
 fn append_json_line(path: &PathBuf, record: &EpochRecord) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
-    writeln!(file, "{}", serde_json::to_string(record)?)
+    file.write_all(journal_line(record)?.as_bytes())
+}
+
+/// Replaces the journal with `records` (an earlier run's, up to where it resumes).
+pub fn rewrite_journal(path: &Path, records: &[EpochRecord]) -> Result<(), String> {
+    let text: String = records
+        .iter()
+        .map(journal_line)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// The records of an earlier run, up to and including `last_epoch`.
