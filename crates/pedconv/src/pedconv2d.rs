@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use crate::attention::{Attention, AttentionFactors, AttentionNoise, AttentionSizes};
 use crate::config::{ComputePath, PedConv2dConfig, PedConvConfigError};
 use crate::geometry::ConvGeometry;
-use crate::paths::{self, StaticConv};
+use crate::paths::{self, ConvLayout, StaticConv};
 
 /// A parameter-efficient dynamic convolution (PEDConv): a 2-D convolution whose kernel is, for
 /// each sample `b`, the shared base weight rescaled element by element by a rank-`r` CP product
@@ -289,10 +289,12 @@ impl<B: Backend> PedConv2d<B> {
         let channels_out = self.weight.dims()[0];
         let conv = StaticConv {
             weight: self.weight.val(),
-            stride: self.stride,
-            dilation: self.dilation,
-            groups: self.groups,
-            geometry,
+            layout: ConvLayout {
+                stride: self.stride,
+                dilation: self.dilation,
+                groups: self.groups,
+                geometry: *geometry,
+            },
         };
         let output = match self
             .compute_path

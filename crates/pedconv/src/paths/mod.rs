@@ -1,0 +1,346 @@
+//! The compute paths of [`ComputePath`](crate::ComputePath): two ways of computing
+//! `y_b = conv2d(x_b, W ⊙ Σ_r a_out[b,r] ⊗ a_in[b,r] ⊗ a_k[b,r])` for every sample `b`.
+//!
+//! Each path is a [`Formulation`] written once over any backend's tensors ([`kernels`]: the
+//! per-sample kernels; [`columns`]: the factorized path's im2col for kernels larger than 1×1),
+//! with a hand-written backward pass. On the autodiff backends listed in [`recompute`] it runs as
+//! one autodiff operation that recomputes its large intermediates in the backward pass; on any
+//! other backend autodiff differentiates the composition. The 1×1 factorized path is a static
+//! convolution between two channel scalings, left to autodiff.
+
+mod columns;
+mod kernels;
+mod recompute;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::attention::AttentionFactors;
+use crate::geometry::ConvGeometry;
+
+/// Everything but the weight that fixes how a convolution maps its input: what the columns
+/// formulation needs to rebuild its im2col in the backward pass.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvLayout {
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+    /// Padding and output size for the input at hand.
+    pub geometry: ConvGeometry,
+}
+
+/// The static part of a layer that every path needs.
+pub(crate) struct StaticConv<B: Backend> {
+    /// Base weight `[out, in/groups, kh, kw]`.
+    pub weight: Tensor<B, 4>,
+    pub layout: ConvLayout,
+}
+
+impl<B: Backend> StaticConv<B> {
+    /// The input as the convolution of `kernel_size` kernels will read it, and that
+    /// convolution's options (with this layer's `groups`).
+    ///
+    /// Two cases are prepared here, to avoid faults of burn 0.21: asymmetric padding is applied
+    /// to the input, in its dtype (burn pads with zeros of the default float dtype, which fails
+    /// on a float64 input); a strided or padded 1×1 convolution samples its input and runs at
+    /// stride 1 (burn's wgpu backend computes a wrong input gradient for strided 1×1
+    /// convolutions).
+    fn prepare(&self, x: Tensor<B, 4>, kernel_size: [usize; 2]) -> (Tensor<B, 4>, ConvOptions<2>) {
+        let layout = &self.layout;
+        let (start, end) = (layout.geometry.padding_start, layout.geometry.padding_end);
+        let (x, stride, padding) = if kernel_size == [1, 1]
+            && (layout.stride != [1, 1] || start != end || start != [0, 0])
+        {
+            let [n, c, _, _] = x.dims();
+            let [ho, wo] = layout.geometry.output_size;
+            (
+                im2col(x, layout, [1, 1]).reshape([n, c, ho, wo]),
+                [1, 1],
+                [0, 0],
+            )
+        } else if start != end {
+            (
+                pad_zeros(x, [start[0], end[0]], [start[1], end[1]]),
+                layout.stride,
+                [0, 0],
+            )
+        } else {
+            (x, layout.stride, start)
+        };
+        let options = ConvOptions::new(stride, padding, layout.dilation, layout.groups);
+        (x, options)
+    }
+}
+
+/// The inputs of a path.
+#[derive(Debug, Clone)]
+pub(crate) struct Operands<B: Backend> {
+    /// `[B, in, H, W]`.
+    pub x: Tensor<B, 4>,
+    pub factors: AttentionFactors<B>,
+    /// `[out, in/g, kh, kw]`.
+    pub weight: Tensor<B, 4>,
+}
+
+/// The gradients of the loss with respect to each operand, in the operands' shapes.
+pub(crate) struct Gradients<B: Backend> {
+    pub x: Tensor<B, 4>,
+    pub input: Tensor<B, 3>,
+    pub output: Tensor<B, 3>,
+    pub kernel: Tensor<B, 3>,
+    pub weight: Tensor<B, 4>,
+}
+
+/// A path's computation, with what it needs besides its operands.
+#[derive(Debug, Clone)]
+pub(crate) enum Formulation {
+    /// Per-sample kernels and a grouped convolution with these options (the layer's groups),
+    /// on an input prepared by [`StaticConv::prepare`].
+    Kernels(ConvOptions<2>),
+    /// The factorized path's im2col.
+    Columns(ConvLayout),
+}
+
+impl Formulation {
+    /// The output `[B, out, Ho, Wo]`, and the intermediate the backward pass needs kept.
+    fn forward<B: Backend>(&self, operands: &Operands<B>) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
+        match self {
+            Formulation::Kernels(options) => (kernels::forward(operands, options), None),
+            Formulation::Columns(layout) => {
+                let forward = columns::forward(operands, layout);
+                (forward.output, Some(forward.per_term))
+            }
+        }
+    }
+
+    /// The gradients from the output's gradient, given what [`forward`](Self::forward) kept.
+    fn backward<B: Backend>(
+        &self,
+        operands: Operands<B>,
+        kept: Option<Tensor<B, 4>>,
+        grad: Tensor<B, 4>,
+    ) -> Gradients<B> {
+        match (self, kept) {
+            (Formulation::Kernels(options), _) => kernels::backward(operands, options, grad),
+            (Formulation::Columns(layout), Some(per_term)) => {
+                columns::backward(operands, per_term, layout, grad)
+            }
+            (Formulation::Columns(_), None) => unreachable!("the columns forward keeps per_term"),
+        }
+    }
+
+    /// The output, through the memory-saving operation where the backend has it.
+    fn apply<B: Backend>(&self, operands: Operands<B>) -> Tensor<B, 4> {
+        recompute::forward(self, &operands).unwrap_or_else(|| self.forward(&operands).0)
+    }
+}
+
+/// The reference path: per-sample kernels `[B·out, in/g, kh, kw]` and one convolution with
+/// `B·groups` groups over the batch folded into the channels.
+pub(crate) fn per_sample_kernel<B: Backend>(
+    x: Tensor<B, 4>,
+    factors: &AttentionFactors<B>,
+    conv: &StaticConv<B>,
+) -> Tensor<B, 4> {
+    let [_, _, kh, kw] = conv.weight.dims();
+    let (x, options) = conv.prepare(x, [kh, kw]);
+    Formulation::Kernels(options).apply(Operands {
+        x,
+        factors: factors.clone(),
+        weight: conv.weight.clone(),
+    })
+}
+
+/// The factorized path: `y = Σ_r a_out ⊙ conv(x ⊙ a_in, W ⊙ a_k)` without per-sample kernels.
+/// For 1×1 kernels `a_k` is a scalar per sample and joins the output scaling around a static
+/// convolution; larger kernels take the im2col formulation of [`columns`].
+pub(crate) fn factorized<B: Backend>(
+    x: Tensor<B, 4>,
+    factors: &AttentionFactors<B>,
+    conv: &StaticConv<B>,
+) -> Tensor<B, 4> {
+    let [_, _, kh, kw] = conv.weight.dims();
+    if kh * kw > 1 {
+        return Formulation::Columns(conv.layout).apply(Operands {
+            x,
+            factors: factors.clone(),
+            weight: conv.weight.clone(),
+        });
+    }
+    let [batch, _, _, _] = x.dims();
+    let [_, rank, _] = factors.input.dims();
+    let scaled =
+        columns::expand_terms(x, rank) * columns::input_scale(&factors.input, conv.layout.groups);
+    let (scaled, options) = conv.prepare(scaled, [1, 1]);
+    let per_term = conv2d(scaled, conv.weight.clone(), None, options);
+    let [_, channels_out, _, _] = per_term.dims();
+    let output_scale = (factors.output.clone() * factors.kernel.clone()).reshape([
+        batch * rank,
+        channels_out,
+        1,
+        1,
+    ]);
+    columns::sum_terms(per_term * output_scale, rank)
+}
+
+/// A float tensor of a backend's primitive.
+fn float_tensor<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+/// Swaps the first two dimensions. Where one of them has size 1 this is a reshape: the CubeCL
+/// backends of burn 0.21 compute wrong results on the strided views that `swap_dims` gives
+/// there (seen on wgpu with batch 1).
+fn swap_leading_dims<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    if dims[0] == 1 || dims[1] == 1 {
+        dims.swap(0, 1);
+        x.reshape(dims)
+    } else {
+        x.swap_dims(0, 1)
+    }
+}
+
+/// The rows and columns an im2col pads its `[H, W]` input to: the layer's padding plus what
+/// every tap's window of `stride · out` rows and columns needs to stay in range.
+fn padded_size(input_size: [usize; 2], layout: &ConvLayout, kernel_size: [usize; 2]) -> [usize; 2] {
+    let geometry = &layout.geometry;
+    std::array::from_fn(|axis| {
+        let padded = input_size[axis] + geometry.padding_start[axis] + geometry.padding_end[axis];
+        let reach = (kernel_size[axis] - 1) * layout.dilation[axis]
+            + layout.stride[axis] * geometry.output_size[axis];
+        padded.max(reach)
+    })
+}
+
+/// The kernel-tap view of a convolution's input: `[A, kh·kw, N, Ho, Wo]` for an `[A, N, H, W]`
+/// input, tap `u·kw + v` holding the input pixels that kernel position `(u, v)` meets at each
+/// output position. Strides are taken by a reshape rather than a stepped slice, whose backward
+/// burn does not support.
+fn im2col<B: Backend>(
+    x: Tensor<B, 4>,
+    layout: &ConvLayout,
+    kernel_size: [usize; 2],
+) -> Tensor<B, 5> {
+    let [_, _, height, width] = x.dims();
+    let geometry = &layout.geometry;
+    let [ho, wo] = geometry.output_size;
+    let [sh, sw] = layout.stride;
+    let [dh, dw] = layout.dilation;
+    let [padded_h, padded_w] = padded_size([height, width], layout, kernel_size);
+    let x = pad_zeros(
+        x,
+        [
+            geometry.padding_start[0],
+            padded_h - height - geometry.padding_start[0],
+        ],
+        [
+            geometry.padding_start[1],
+            padded_w - width - geometry.padding_start[1],
+        ],
+    );
+    let mut taps = Vec::with_capacity(kernel_size[0] * kernel_size[1]);
+    for u in 0..kernel_size[0] {
+        for v in 0..kernel_size[1] {
+            let window = x
+                .clone()
+                .narrow(2, u * dh, sh * ho)
+                .narrow(3, v * dw, sw * wo);
+            taps.push(subsample(window, layout.stride));
+        }
+    }
+    Tensor::stack(taps, 1)
+}
+
+/// The adjoint of [`im2col`]: sums the tap view `[A, kh·kw, N, Ho, Wo]` back onto the input
+/// pixels each tap was read from, `[A, N, H, W]` for an `[H, W]` input. Each tap is spread
+/// onto the strided grid it came from and zero-padded into place, so every step is a
+/// contiguous copy or an element-wise sum (no strided accumulation).
+fn col2im<B: Backend>(
+    taps: Tensor<B, 5>,
+    layout: &ConvLayout,
+    kernel_size: [usize; 2],
+    input_size: [usize; 2],
+) -> Tensor<B, 4> {
+    let [channels, _, n, ho, wo] = taps.dims();
+    let [sh, sw] = layout.stride;
+    let [dh, dw] = layout.dilation;
+    let [padded_h, padded_w] = padded_size(input_size, layout, kernel_size);
+    let mut sum: Option<Tensor<B, 4>> = None;
+    for u in 0..kernel_size[0] {
+        for v in 0..kernel_size[1] {
+            let tap = taps
+                .clone()
+                .narrow(1, u * kernel_size[1] + v, 1)
+                .reshape([channels, n, ho, wo]);
+            let placed = pad_zeros(
+                upsample(tap, layout.stride),
+                [u * dh, padded_h - u * dh - sh * ho],
+                [v * dw, padded_w - v * dw - sw * wo],
+            );
+            sum = Some(match sum {
+                Some(sum) => sum + placed,
+                None => placed,
+            });
+        }
+    }
+    let start = layout.geometry.padding_start;
+    sum.expect("a kernel has at least one tap")
+        .narrow(2, start[0], input_size[0])
+        .narrow(3, start[1], input_size[1])
+}
+
+/// The adjoint of [`subsample`]: `[n, c, h·sh, w·sw]` with the input at every `stride`-th row
+/// and column from the first, zeros elsewhere.
+fn upsample<B: Backend>(x: Tensor<B, 4>, [sh, sw]: [usize; 2]) -> Tensor<B, 4> {
+    if sh == 1 && sw == 1 {
+        return x;
+    }
+    let [n, c, h, w] = x.dims();
+    let spread = pad_axis(x.reshape([n * c * h, 1, w, 1]), 1, [0, sh - 1]);
+    pad_axis(spread, 3, [0, sw - 1]).reshape([n, c, h * sh, w * sw])
+}
+
+/// Every `stride`-th row and column from the first: `[n, c, ⌈h/sh⌉, ⌈w/sw⌉]` of `[n, c, h, w]`,
+/// by a reshape rather than a stepped slice, whose backward burn 0.21 does not support.
+pub(crate) fn subsample<B: Backend>(x: Tensor<B, 4>, [sh, sw]: [usize; 2]) -> Tensor<B, 4> {
+    if sh == 1 && sw == 1 {
+        return x;
+    }
+    let [n, c, h, w] = x.dims();
+    let (ho, wo) = (h.div_ceil(sh), w.div_ceil(sw));
+    pad_zeros(x, [0, ho * sh - h], [0, wo * sw - w])
+        .reshape([n, c, ho, sh, wo, sw])
+        .narrow(3, 0, 1)
+        .narrow(5, 0, 1)
+        .reshape([n, c, ho, wo])
+}
+
+/// Zero-pads the last two dimensions by `[before, after]` rows and columns.
+fn pad_zeros<B: Backend>(x: Tensor<B, 4>, rows: [usize; 2], columns: [usize; 2]) -> Tensor<B, 4> {
+    pad_axis(pad_axis(x, 2, rows), 3, columns)
+}
+
+/// Zero-pads dimension `axis` by `[before, after]` entries, in the input's dtype (burn 0.21's
+/// `Tensor::pad` creates its zeros in the default float dtype, which fails on a float64 input).
+fn pad_axis<B: Backend>(x: Tensor<B, 4>, axis: usize, [before, after]: [usize; 2]) -> Tensor<B, 4> {
+    if before == 0 && after == 0 {
+        return x;
+    }
+    let zeros = |amount: usize| {
+        let mut shape = x.dims();
+        shape[axis] = amount;
+        Tensor::<B, 4>::zeros(shape, (&x.device(), x.dtype()))
+    };
+    let mut parts = Vec::with_capacity(3);
+    if before > 0 {
+        parts.push(zeros(before));
+    }
+    parts.push(x.clone());
+    if after > 0 {
+        parts.push(zeros(after));
+    }
+    Tensor::cat(parts, axis)
+}
