@@ -17,7 +17,8 @@ use super::{col2im, im2col, swap_leading_dims, ConvLayout, Gradients, Operands};
 pub(crate) struct Forward<B: Backend> {
     /// `[B, out, Ho, Wo]`.
     pub output: Tensor<B, 4>,
-    /// `W · (im2col(x ⊙ a_in) ⊙ a_k)` before the output scaling, `[N, out, Ho, Wo]`.
+    /// `W · (im2col(x ⊙ a_in) ⊙ a_k)` before the output scaling, channels first:
+    /// `[out, N, Ho, Wo]`.
     pub per_term: Tensor<B, 4>,
 }
 
@@ -84,8 +85,10 @@ fn raw_columns<B: Backend>(
     layout: &ConvLayout,
     sizes: &Sizes,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let scaled = expand_terms(operands.x.clone(), sizes.rank)
-        * input_scale(&operands.factors.input, sizes.groups);
+    let scaled = scale_rows(
+        expand_terms(operands.x.clone(), sizes.rank),
+        input_scale(&operands.factors.input, sizes.groups),
+    );
     // Channels first, so that the columns are `[in·kh·kw, N·Ho·Wo]` without a transpose and the
     // contraction is one matrix product per group.
     let columns = im2col(swap_leading_dims(scaled), layout, sizes.kernel_size)
@@ -108,13 +111,16 @@ fn raw_columns<B: Backend>(
     (columns, tap_row)
 }
 
-/// The output-channel factor as one scale per row of `[N, out, Ho, Wo]`.
+/// The output-channel factor as one scale per row of the channels-first `[out, N, Ho, Wo]`.
 fn output_scale<B: Backend>(operands: &Operands<B>, sizes: &Sizes) -> Tensor<B, 4> {
-    operands
-        .factors
-        .output
-        .clone()
-        .reshape([sizes.terms(), sizes.channels_out, 1, 1])
+    swap_leading_dims(
+        operands
+            .factors
+            .output
+            .clone()
+            .reshape([sizes.terms(), sizes.channels_out]),
+    )
+    .reshape([sizes.channels_out, sizes.terms(), 1, 1])
 }
 
 /// The forward pass.
@@ -124,19 +130,18 @@ pub(crate) fn forward<B: Backend>(operands: &Operands<B>, layout: &ConvLayout) -
     let columns =
         (columns * tap_row).reshape([sizes.groups, sizes.group_rows(), sizes.positions()]);
     let [ho, wo] = sizes.output_size;
-    let per_term = swap_leading_dims(
-        sizes
-            .weight_matrices(operands.weight.clone())
-            .matmul(columns)
-            .reshape([sizes.channels_out, sizes.terms(), ho, wo]),
-    );
-    // Kept 4-D: on the CubeCL backends, a convolution's output reshaped to 5-D and then reduced
-    // gives wrong sums in burn 0.21 (seen on wgpu).
-    let output = sum_terms(
-        per_term.clone() * output_scale(operands, &sizes),
-        sizes.rank,
-    );
-    Forward { output, per_term }
+    let per_term = sizes
+        .weight_matrices(operands.weight.clone())
+        .matmul(columns)
+        .reshape([sizes.channels_out, sizes.terms(), ho, wo]);
+    // Scaled channels first, where a_out is one scalar per row, then batch first. Kept 4-D: on
+    // the CubeCL backends, a convolution's output reshaped to 5-D and then reduced gives wrong
+    // sums in burn 0.21 (seen on wgpu).
+    let output = swap_leading_dims(scale_rows(per_term.clone(), output_scale(operands, &sizes)));
+    Forward {
+        output: sum_terms(output, sizes.rank),
+        per_term,
+    }
 }
 
 /// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]`, given the
@@ -154,13 +159,14 @@ pub(crate) fn backward<B: Backend>(
     let [height, width] = sizes.input_size;
     let (channels_in, channels_out, groups) = (sizes.channels_in, sizes.channels_out, sizes.groups);
 
-    // y = Σ_r per_term ⊙ a_out.
-    let grad_terms = expand_terms(grad, rank);
+    // y = Σ_r per_term ⊙ a_out, per_term channels first.
+    let grad_terms = swap_leading_dims(expand_terms(grad, rank));
     let grad_output = (grad_terms.clone() * per_term)
-        .reshape([terms, channels_out, ho * wo])
-        .sum_dim(2)
-        .reshape([batch, rank, channels_out]);
-    let grad_per_term = swap_leading_dims(grad_terms * output_scale(&operands, &sizes)).reshape([
+        .reshape([channels_out * terms, ho * wo])
+        .sum_dim(1)
+        .reshape([channels_out, terms]);
+    let grad_output = swap_leading_dims(grad_output).reshape([batch, rank, channels_out]);
+    let grad_per_term = scale_rows(grad_terms, output_scale(&operands, &sizes)).reshape([
         groups,
         channels_out / groups,
         sizes.positions(),
@@ -205,7 +211,7 @@ pub(crate) fn backward<B: Backend>(
         .sum_dim(1)
         .reshape([batch, rank, group_in]);
     let grad_x = sum_terms(
-        grad_scaled * input_scale(&operands.factors.input, groups),
+        scale_rows(grad_scaled, input_scale(&operands.factors.input, groups)),
         rank,
     );
     Gradients {
@@ -215,6 +221,14 @@ pub(crate) fn backward<B: Backend>(
         kernel: grad_kernel,
         weight: grad_weight,
     }
+}
+
+/// `x ⊙ scale` for a `scale` of one value per row `[A, B, 1, 1]` of `x` `[A, B, H, W]`, as the
+/// two-dimensional product that flex runs with SIMD (it runs the four-dimensional broadcast
+/// element by element).
+pub(crate) fn scale_rows<B: Backend>(x: Tensor<B, 4>, scale: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [a, b, h, w] = x.dims();
+    (x.reshape([a * b, h * w]) * scale.reshape([a * b, 1])).reshape([a, b, h, w])
 }
 
 /// The input-channel factor `[B, r, in/g]` as one scale per row of `[N, in, H, W]`: entry `i`

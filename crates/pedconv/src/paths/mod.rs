@@ -171,8 +171,10 @@ pub(crate) fn factorized<B: Backend>(
     }
     let [batch, _, _, _] = x.dims();
     let [_, rank, _] = factors.input.dims();
-    let scaled =
-        columns::expand_terms(x, rank) * columns::input_scale(&factors.input, conv.layout.groups);
+    let scaled = columns::scale_rows(
+        columns::expand_terms(x, rank),
+        columns::input_scale(&factors.input, conv.layout.groups),
+    );
     let (scaled, options) = conv.prepare(scaled, [1, 1]);
     let per_term = conv2d(scaled, conv.weight.clone(), None, options);
     let [_, channels_out, _, _] = per_term.dims();
@@ -182,7 +184,7 @@ pub(crate) fn factorized<B: Backend>(
         1,
         1,
     ]);
-    columns::sum_terms(per_term * output_scale, rank)
+    columns::sum_terms(columns::scale_rows(per_term, output_scale), rank)
 }
 
 /// A float tensor of a backend's primitive.
@@ -190,17 +192,31 @@ fn float_tensor<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) 
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
-/// Swaps the first two dimensions. Where one of them has size 1 this is a reshape: the CubeCL
+/// Swaps the first two dimensions, materialised.
+///
+/// A large tensor is copied as one contiguous block per entry of the first dimension (a
+/// concatenation): flex copies a permuted view of more than two dimensions element by element,
+/// ten times slower. Where one of the two dimensions has size 1 this is a reshape: the CubeCL
 /// backends of burn 0.21 compute wrong results on the strided views that `swap_dims` gives
 /// there (seen on wgpu with batch 1).
 fn swap_leading_dims<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    /// Below this many elements a strided copy costs less than one copy per leading entry.
+    const SMALL: usize = 1 << 14;
     let mut dims = x.dims();
-    if dims[0] == 1 || dims[1] == 1 {
-        dims.swap(0, 1);
-        x.reshape(dims)
-    } else {
-        x.swap_dims(0, 1)
+    let leading = dims[0];
+    dims.swap(0, 1);
+    if leading == 1 || dims[0] == 1 {
+        return x.reshape(dims);
     }
+    if D == 2 || x.shape().num_elements() < SMALL {
+        return x.swap_dims(0, 1);
+    }
+    let mut part = dims;
+    part[1] = 1;
+    let parts = (0..leading)
+        .map(|i| x.clone().narrow(0, i, 1).reshape(part))
+        .collect();
+    Tensor::cat(parts, 1)
 }
 
 /// The rows and columns an im2col pads its `[H, W]` input to: the layer's padding plus what
@@ -217,90 +233,116 @@ fn padded_size(input_size: [usize; 2], layout: &ConvLayout, kernel_size: [usize;
 
 /// The kernel-tap view of a convolution's input: `[A, kh·kw, N, Ho, Wo]` for an `[A, N, H, W]`
 /// input, tap `u·kw + v` holding the input pixels that kernel position `(u, v)` meets at each
-/// output position. Strides are taken by a reshape rather than a stepped slice, whose backward
-/// burn does not support.
+/// output position.
+///
+/// Built in two steps, the kernel rows then the kernel columns, so that every copy reads a
+/// view that is two-dimensional (rows of a fixed stride): flex copies those at memory speed,
+/// and a window of rows *and* columns element by element, ten times slower. Strides are taken
+/// by a reshape and a narrow rather than a stepped slice, whose backward burn 0.21 does not
+/// support.
 fn im2col<B: Backend>(
     x: Tensor<B, 4>,
     layout: &ConvLayout,
     kernel_size: [usize; 2],
 ) -> Tensor<B, 5> {
-    let [_, _, height, width] = x.dims();
-    let geometry = &layout.geometry;
-    let [ho, wo] = geometry.output_size;
+    let [a, n, height, width] = x.dims();
+    let [kh, kw] = kernel_size;
+    let [ho, wo] = layout.geometry.output_size;
     let [sh, sw] = layout.stride;
     let [dh, dw] = layout.dilation;
-    let [padded_h, padded_w] = padded_size([height, width], layout, kernel_size);
+    let start = layout.geometry.padding_start;
+    let [hp, wp] = padded_size([height, width], layout, kernel_size);
     let x = pad_zeros(
         x,
-        [
-            geometry.padding_start[0],
-            padded_h - height - geometry.padding_start[0],
-        ],
-        [
-            geometry.padding_start[1],
-            padded_w - width - geometry.padding_start[1],
-        ],
+        [start[0], hp - height - start[0]],
+        [start[1], wp - width - start[1]],
     );
-    let mut taps = Vec::with_capacity(kernel_size[0] * kernel_size[1]);
-    for u in 0..kernel_size[0] {
-        for v in 0..kernel_size[1] {
-            let window = x
-                .clone()
-                .narrow(2, u * dh, sh * ho)
-                .narrow(3, v * dw, sw * wo);
-            taps.push(subsample(window, layout.stride));
-        }
-    }
-    Tensor::stack(taps, 1)
+    // Kernel row u: padded rows u·dh + sh·i, i < Ho, as [A, 1, N, Ho·Wp].
+    let rows = (0..kh)
+        .map(|u| {
+            let window = x.clone().narrow(2, u * dh, sh * ho);
+            let window = if sh > 1 {
+                window.reshape([a * n * ho, sh * wp]).narrow(1, 0, wp)
+            } else {
+                window.reshape([a * n * ho, wp])
+            };
+            window.reshape([a, 1, n, ho * wp])
+        })
+        .collect();
+    let rows = Tensor::cat(rows, 1).reshape([a * kh * n * ho, wp]);
+    // Kernel column v: columns v·dw + sw·j, j < Wo, as [A·kh, 1, N·Ho·Wo].
+    let taps = (0..kw)
+        .map(|v| {
+            let window = rows.clone().narrow(1, v * dw, sw * wo);
+            let window = if sw > 1 {
+                window.reshape([a * kh * n * ho * wo, sw]).narrow(1, 0, 1)
+            } else {
+                window
+            };
+            window.reshape([a * kh, 1, n * ho * wo])
+        })
+        .collect();
+    Tensor::cat(taps, 1).reshape([a, kh * kw, n, ho, wo])
 }
 
 /// The adjoint of [`im2col`]: sums the tap view `[A, kh·kw, N, Ho, Wo]` back onto the input
-/// pixels each tap was read from, `[A, N, H, W]` for an `[H, W]` input. Each tap is spread
-/// onto the strided grid it came from and zero-padded into place, so every step is a
-/// contiguous copy or an element-wise sum (no strided accumulation).
+/// pixels each tap was read from, `[A, N, H, W]` for an `[H, W]` input. The same two steps in
+/// reverse, each tap spread onto the strided grid it came from and zero-padded into place: every
+/// step copies two-dimensional views or sums element-wise.
 fn col2im<B: Backend>(
     taps: Tensor<B, 5>,
     layout: &ConvLayout,
     kernel_size: [usize; 2],
     input_size: [usize; 2],
 ) -> Tensor<B, 4> {
-    let [channels, _, n, ho, wo] = taps.dims();
+    let [a, _, n, ho, wo] = taps.dims();
+    let [kh, kw] = kernel_size;
     let [sh, sw] = layout.stride;
     let [dh, dw] = layout.dilation;
-    let [padded_h, padded_w] = padded_size(input_size, layout, kernel_size);
-    let mut sum: Option<Tensor<B, 4>> = None;
-    for u in 0..kernel_size[0] {
-        for v in 0..kernel_size[1] {
-            let tap = taps
-                .clone()
-                .narrow(1, u * kernel_size[1] + v, 1)
-                .reshape([channels, n, ho, wo]);
-            let placed = pad_zeros(
-                upsample(tap, layout.stride),
-                [u * dh, padded_h - u * dh - sh * ho],
-                [v * dw, padded_w - v * dw - sw * wo],
+    let [hp, wp] = padded_size(input_size, layout, kernel_size);
+    let taps = taps.reshape([a, kh * kw, n * ho * wo]);
+    let mut padded: Option<Tensor<B, 4>> = None;
+    for u in 0..kh {
+        // Kernel row u's taps placed on the padded columns, [1, 1, A·N·Ho, Wp].
+        let mut row: Option<Tensor<B, 4>> = None;
+        for v in 0..kw {
+            let tap = taps.clone().narrow(1, u * kw + v, 1);
+            let spread = if sw > 1 {
+                pad_axis(tap.reshape([1, a * n * ho * wo, 1, 1]), 3, [0, sw - 1])
+            } else {
+                tap.reshape([1, 1, 1, a * n * ho * wo])
+            };
+            let placed = pad_axis(
+                spread.reshape([1, 1, a * n * ho, sw * wo]),
+                3,
+                [v * dw, wp - v * dw - sw * wo],
             );
-            sum = Some(match sum {
-                Some(sum) => sum + placed,
+            row = Some(match row {
+                Some(row) => row + placed,
                 None => placed,
             });
         }
+        let row = row.expect("a kernel has at least one column");
+        let spread = if sh > 1 {
+            pad_axis(row.reshape([1, a * n * ho, 1, wp]), 2, [0, sh - 1])
+        } else {
+            row
+        };
+        let placed = pad_axis(
+            spread.reshape([a, n, sh * ho, wp]),
+            2,
+            [u * dh, hp - u * dh - sh * ho],
+        );
+        padded = Some(match padded {
+            Some(padded) => padded + placed,
+            None => placed,
+        });
     }
     let start = layout.geometry.padding_start;
-    sum.expect("a kernel has at least one tap")
+    padded
+        .expect("a kernel has at least one row")
         .narrow(2, start[0], input_size[0])
         .narrow(3, start[1], input_size[1])
-}
-
-/// The adjoint of [`subsample`]: `[n, c, h·sh, w·sw]` with the input at every `stride`-th row
-/// and column from the first, zeros elsewhere.
-fn upsample<B: Backend>(x: Tensor<B, 4>, [sh, sw]: [usize; 2]) -> Tensor<B, 4> {
-    if sh == 1 && sw == 1 {
-        return x;
-    }
-    let [n, c, h, w] = x.dims();
-    let spread = pad_axis(x.reshape([n * c * h, 1, w, 1]), 1, [0, sh - 1]);
-    pad_axis(spread, 3, [0, sw - 1]).reshape([n, c, h * sh, w * sw])
 }
 
 /// Every `stride`-th row and column from the first: `[n, c, ⌈h/sh⌉, ⌈w/sw⌉]` of `[n, c, h, w]`,

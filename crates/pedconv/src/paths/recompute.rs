@@ -220,7 +220,16 @@ mod tests {
                 1,
                 [2, 6, 5],
             ),
-            ([4, 4], [3, 3], [2, 2], [1, 1], pad1, 1, 1, [2, 7, 8]),
+            (
+                [4, 4],
+                [3, 3],
+                [2, 2],
+                [1, 1],
+                pad1.clone(),
+                1,
+                1,
+                [2, 7, 8],
+            ),
             (
                 [4, 4],
                 [3, 2],
@@ -250,6 +259,17 @@ mod tests {
                 2,
                 2,
                 [2, 3, 4],
+            ),
+            // Large enough for the concatenating transposes of `swap_leading_dims`.
+            (
+                [16, 16],
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                pad1.clone(),
+                1,
+                1,
+                [4, 16, 16],
             ),
         ];
         for (channels, kernel_size, stride, dilation, padding, groups, rank, [batch, h, w]) in cases
