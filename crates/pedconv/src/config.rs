@@ -10,25 +10,31 @@ use burn::nn::PaddingConfig2d;
 /// How [`PedConv2d`](crate::PedConv2d) applies its per-sample kernel. Every path computes the same
 /// function (the tests check outputs and gradients against each other and against the reference);
 /// they differ in what they materialise and so in time and memory.
+///
+/// In training on `Autodiff` over flex, ndarray, wgpu or CUDA (this crate's features of those
+/// names; flex is on by default) each path runs as one autodiff operation whose backward pass
+/// recomputes the path's large intermediates: what the layer keeps for the backward pass is then
+/// its input, its factors and, for `Factorized` with kernels larger than 1×1, one output-sized
+/// tensor. On other backends autodiff differentiates the same composition of tensor operations
+/// and keeps the intermediates named below until the backward pass.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum ComputePath {
     /// The reference implementation: build the `[B·Cout, Cin/g, kh, kw]` per-sample kernels and run
-    /// one grouped convolution with `B·g` groups. Extra memory: `B·Cout·(Cin/g)·kh·kw` elements.
+    /// one grouped convolution with `B·g` groups. Intermediates: the kernels and the modulation,
+    /// `B·Cout·(Cin/g)·kh·kw` elements each.
     PerSampleKernel,
     /// Never builds per-sample kernels. The channel factors scale the input and the output of a
     /// static convolution (`y = a_out ⊙ conv(x ⊙ a_in, W ⊙ a_k)`); for kernels larger than 1×1
-    /// the spatial factor `a_k` scales the columns of an im2col of the input, which a 1×1
-    /// convolution with the reshaped base weight then contracts. Extra memory: nothing beyond the
-    /// scaled input for 1×1 kernels, else `B·Cin·kh·kw·Ho·Wo` elements (the columns).
+    /// the spatial factor `a_k` scales the columns of an im2col of the input, which a matrix
+    /// product with the reshaped base weight then contracts. Intermediates: the scaled input for
+    /// 1×1 kernels, else the columns and their scaled copy, `B·Cin·kh·kw·Ho·Wo` elements each.
     Factorized,
     /// Per forward, the path that materialises fewer elements: [`Factorized`](Self::Factorized)
     /// whenever `Cout/g ≥ Ho·Wo` (its columns, or its scaled input for 1×1 kernels, are then no
     /// larger than the per-sample kernels), else [`PerSampleKernel`](Self::PerSampleKernel). In
     /// ResNets this picks the per-sample kernels in the early, high-resolution stages and the
-    /// factorized path in the late ones, which is the faster path (or within 10 % of it) at
-    /// every PEDConv layer shape of ResNet-18 and ResNet-50 measured by `pedconv bench` on the
-    /// CPU backend, but one (ResNet-18's 128→256 stride-2 layer, where the per-sample kernels
-    /// are 2× faster).
+    /// factorized path in the late ones, the faster path at every PEDConv layer shape of
+    /// ResNet-18 measured by `pedconv bench` on the CPU backend.
     Auto,
 }
 
