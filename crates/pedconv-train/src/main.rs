@@ -387,6 +387,7 @@ fn free_run_dir(kind: &str) -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    bench::memory::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train(args),
