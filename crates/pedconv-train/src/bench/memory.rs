@@ -61,22 +61,6 @@ pub fn measure(reps: usize, mut work: impl FnMut()) -> Measure {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The binary's allocator counts the heap: a 64 MiB vector shows as at least 64 MiB.
-    #[test]
-    fn peak_memory_counts_allocations() {
-        let measured = measure(1, || {
-            let buffer = vec![1u8; 64 << 20];
-            std::hint::black_box(&buffer);
-        });
-        assert!(measured.peak_mib >= 64.0, "{measured:?}");
-        assert!(measured.millis >= 0.0);
-    }
-}
-
 /// Tells glibc's allocator to keep freed memory for reuse rather than hand it back to the
 /// kernel. A training step allocates and frees the same large tensors every step; by default
 /// glibc maps each allocation above 128 KiB afresh and unmaps it when freed (and trims the heap
@@ -97,5 +81,21 @@ pub fn keep_freed_memory() {
             mallopt(M_MMAP_THRESHOLD, 32 << 20);
             mallopt(M_TRIM_THRESHOLD, 1 << 30);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary's allocator counts the heap: a 64 MiB vector shows as at least 64 MiB.
+    #[test]
+    fn peak_memory_counts_allocations() {
+        let measured = measure(1, || {
+            let buffer = vec![1u8; 64 << 20];
+            std::hint::black_box(&buffer);
+        });
+        assert!(measured.peak_mib >= 64.0, "{measured:?}");
+        assert!(measured.millis >= 0.0);
     }
 }
