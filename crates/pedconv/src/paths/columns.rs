@@ -11,7 +11,10 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::{col2im, im2col, swap_leading_dims, ConvLayout, Gradients, Operands};
+use super::{
+    col2im, expand_terms, im2col, input_scale, scale_rows, sum_terms, swap_leading_dims,
+    ConvLayout, Gradients, Operands,
+};
 
 /// The output and the one intermediate the backward pass keeps.
 pub(crate) struct Forward<B: Backend> {
@@ -221,46 +224,4 @@ pub(crate) fn backward<B: Backend>(
         kernel: grad_kernel,
         weight: grad_weight,
     }
-}
-
-/// `x ⊙ scale` for a `scale` of one value per row `[A, B, 1, 1]` of `x` `[A, B, H, W]`, as the
-/// two-dimensional product that flex runs with SIMD (it runs the four-dimensional broadcast
-/// element by element).
-pub(crate) fn scale_rows<B: Backend>(x: Tensor<B, 4>, scale: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [a, b, h, w] = x.dims();
-    (x.reshape([a * b, h * w]) * scale.reshape([a * b, 1])).reshape([a, b, h, w])
-}
-
-/// The input-channel factor `[B, r, in/g]` as one scale per row of `[N, in, H, W]`: entry `i`
-/// scales channel `i` of every group alike. (An `expand`, not a `repeat_dim`: burn 0.21's
-/// autodiff gives `repeat_dim` a wrong gradient.)
-pub(crate) fn input_scale<B: Backend>(input: &Tensor<B, 3>, groups: usize) -> Tensor<B, 4> {
-    let [batch, rank, group_in] = input.dims();
-    input
-        .clone()
-        .unsqueeze_dim::<4>(2)
-        .expand([batch, rank, groups, group_in])
-        .reshape([batch * rank, groups * group_in, 1, 1])
-}
-
-/// `[B, …]` repeated for each of the `rank` terms, `[B·r, …]` (sample-major).
-pub(crate) fn expand_terms<B: Backend>(x: Tensor<B, 4>, rank: usize) -> Tensor<B, 4> {
-    if rank == 1 {
-        return x;
-    }
-    let [batch, channels, height, width] = x.dims();
-    x.unsqueeze_dim::<5>(1)
-        .expand([batch, rank, channels, height, width])
-        .reshape([batch * rank, channels, height, width])
-}
-
-/// The sum over the `rank` terms of `[B·r, …]`, `[B, …]`: the adjoint of [`expand_terms`].
-pub(crate) fn sum_terms<B: Backend>(x: Tensor<B, 4>, rank: usize) -> Tensor<B, 4> {
-    if rank == 1 {
-        return x;
-    }
-    let [terms, channels, height, width] = x.dims();
-    x.reshape([terms / rank, rank, channels * height * width])
-        .sum_dim(1)
-        .reshape([terms / rank, channels, height, width])
 }

@@ -171,9 +171,9 @@ pub(crate) fn factorized<B: Backend>(
     }
     let [batch, _, _, _] = x.dims();
     let [_, rank, _] = factors.input.dims();
-    let scaled = columns::scale_rows(
-        columns::expand_terms(x, rank),
-        columns::input_scale(&factors.input, conv.layout.groups),
+    let scaled = scale_rows(
+        expand_terms(x, rank),
+        input_scale(&factors.input, conv.layout.groups),
     );
     let (scaled, options) = conv.prepare(scaled, [1, 1]);
     let per_term = conv2d(scaled, conv.weight.clone(), None, options);
@@ -184,7 +184,49 @@ pub(crate) fn factorized<B: Backend>(
         1,
         1,
     ]);
-    columns::sum_terms(columns::scale_rows(per_term, output_scale), rank)
+    sum_terms(scale_rows(per_term, output_scale), rank)
+}
+
+/// `x ⊙ scale` for a `scale` of one value per row `[A, B, 1, 1]` of `x` `[A, B, H, W]`, as the
+/// two-dimensional product that flex runs with SIMD (it runs the four-dimensional broadcast
+/// element by element).
+fn scale_rows<B: Backend>(x: Tensor<B, 4>, scale: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [a, b, h, w] = x.dims();
+    (x.reshape([a * b, h * w]) * scale.reshape([a * b, 1])).reshape([a, b, h, w])
+}
+
+/// The input-channel factor `[B, r, in/g]` as one scale per row of `[N, in, H, W]`: entry `i`
+/// scales channel `i` of every group alike. (An `expand`, not a `repeat_dim`: burn 0.21's
+/// autodiff gives `repeat_dim` a wrong gradient.)
+fn input_scale<B: Backend>(input: &Tensor<B, 3>, groups: usize) -> Tensor<B, 4> {
+    let [batch, rank, group_in] = input.dims();
+    input
+        .clone()
+        .unsqueeze_dim::<4>(2)
+        .expand([batch, rank, groups, group_in])
+        .reshape([batch * rank, groups * group_in, 1, 1])
+}
+
+/// `[B, …]` repeated for each of the `rank` terms, `[B·r, …]` (sample-major).
+fn expand_terms<B: Backend>(x: Tensor<B, 4>, rank: usize) -> Tensor<B, 4> {
+    if rank == 1 {
+        return x;
+    }
+    let [batch, channels, height, width] = x.dims();
+    x.unsqueeze_dim::<5>(1)
+        .expand([batch, rank, channels, height, width])
+        .reshape([batch * rank, channels, height, width])
+}
+
+/// The sum over the `rank` terms of `[B·r, …]`, `[B, …]`: the adjoint of [`expand_terms`].
+fn sum_terms<B: Backend>(x: Tensor<B, 4>, rank: usize) -> Tensor<B, 4> {
+    if rank == 1 {
+        return x;
+    }
+    let [terms, channels, height, width] = x.dims();
+    x.reshape([terms / rank, rank, channels * height * width])
+        .sum_dim(1)
+        .reshape([terms / rank, channels, height, width])
 }
 
 /// A float tensor of a backend's primitive.
@@ -301,46 +343,40 @@ fn col2im<B: Backend>(
     let [dh, dw] = layout.dilation;
     let [hp, wp] = padded_size(input_size, layout, kernel_size);
     let taps = taps.reshape([a, kh * kw, n * ho * wo]);
-    let mut padded: Option<Tensor<B, 4>> = None;
-    for u in 0..kh {
-        // Kernel row u's taps placed on the padded columns, [1, 1, A·N·Ho, Wp].
-        let mut row: Option<Tensor<B, 4>> = None;
-        for v in 0..kw {
-            let tap = taps.clone().narrow(1, u * kw + v, 1);
-            let spread = if sw > 1 {
-                pad_axis(tap.reshape([1, a * n * ho * wo, 1, 1]), 3, [0, sw - 1])
+    let padded = (0..kh)
+        .map(|u| {
+            // Kernel row u's taps placed on the padded columns, [1, 1, A·N·Ho, Wp].
+            let row = (0..kw)
+                .map(|v| {
+                    let tap = taps.clone().narrow(1, u * kw + v, 1);
+                    let spread = if sw > 1 {
+                        pad_axis(tap.reshape([1, a * n * ho * wo, 1, 1]), 3, [0, sw - 1])
+                    } else {
+                        tap.reshape([1, 1, 1, a * n * ho * wo])
+                    };
+                    pad_axis(
+                        spread.reshape([1, 1, a * n * ho, sw * wo]),
+                        3,
+                        [v * dw, wp - v * dw - sw * wo],
+                    )
+                })
+                .reduce(|sum, placed| sum + placed)
+                .expect("a kernel has at least one column");
+            let spread = if sh > 1 {
+                pad_axis(row.reshape([1, a * n * ho, 1, wp]), 2, [0, sh - 1])
             } else {
-                tap.reshape([1, 1, 1, a * n * ho * wo])
+                row
             };
-            let placed = pad_axis(
-                spread.reshape([1, 1, a * n * ho, sw * wo]),
-                3,
-                [v * dw, wp - v * dw - sw * wo],
-            );
-            row = Some(match row {
-                Some(row) => row + placed,
-                None => placed,
-            });
-        }
-        let row = row.expect("a kernel has at least one column");
-        let spread = if sh > 1 {
-            pad_axis(row.reshape([1, a * n * ho, 1, wp]), 2, [0, sh - 1])
-        } else {
-            row
-        };
-        let placed = pad_axis(
-            spread.reshape([a, n, sh * ho, wp]),
-            2,
-            [u * dh, hp - u * dh - sh * ho],
-        );
-        padded = Some(match padded {
-            Some(padded) => padded + placed,
-            None => placed,
-        });
-    }
+            pad_axis(
+                spread.reshape([a, n, sh * ho, wp]),
+                2,
+                [u * dh, hp - u * dh - sh * ho],
+            )
+        })
+        .reduce(|sum, placed| sum + placed)
+        .expect("a kernel has at least one row");
     let start = layout.geometry.padding_start;
     padded
-        .expect("a kernel has at least one row")
         .narrow(2, start[0], input_size[0])
         .narrow(3, start[1], input_size[1])
 }
