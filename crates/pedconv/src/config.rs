@@ -6,6 +6,9 @@ use core::fmt;
 use burn::config::Config;
 use burn::module::Initializer;
 use burn::nn::PaddingConfig2d;
+use burn::tensor::backend::Backend;
+
+use crate::paths;
 
 /// How [`PedConv2d`](crate::PedConv2d) applies its per-sample kernel. Every path computes the same
 /// function (the tests check outputs and gradients against each other and against the reference);
@@ -29,21 +32,31 @@ pub enum ComputePath {
     /// product with the reshaped base weight then contracts. Intermediates: the scaled input for
     /// 1×1 kernels, else the columns and their scaled copy, `B·Cin·kh·kw·Ho·Wo` elements each.
     Factorized,
-    /// Per forward, the path that materialises fewer elements: [`Factorized`](Self::Factorized)
-    /// whenever `Cout/g ≥ Ho·Wo` (its columns, or its scaled input for 1×1 kernels, are then no
-    /// larger than the per-sample kernels), else [`PerSampleKernel`](Self::PerSampleKernel). In
-    /// ResNets this picks the per-sample kernels in the early, high-resolution stages and the
-    /// factorized path in the late ones, the faster path at every PEDConv layer shape of
-    /// ResNet-18 measured by `pedconv bench` on the CPU backend.
+    /// Per layer and backend: on flex (and `Autodiff` over it, float32 or float64),
+    /// [`Factorized`](Self::Factorized), whose fused loops there are faster than both the
+    /// per-sample kernels and burn's static convolution at every PEDConv layer shape of ResNet-18
+    /// and ResNet-50 measured by `pedconv bench`. On other backends, the path that materialises
+    /// fewer elements: `Factorized` whenever `Cout/g ≥ Ho·Wo` (its columns, or its scaled input
+    /// for 1×1 kernels, are then no larger than the per-sample kernels), else
+    /// [`PerSampleKernel`](Self::PerSampleKernel); in ResNets the per-sample kernels in the
+    /// early, high-resolution stages and the factorized path in the late ones.
     Auto,
 }
 
 impl ComputePath {
-    /// The concrete path used for a layer with `out_channels_per_group` output channels per group
-    /// and an `output_pixels = Ho·Wo` output plane.
-    pub fn resolve(self, out_channels_per_group: usize, output_pixels: usize) -> ComputePath {
+    /// The concrete path used on backend `B` for a layer with `out_channels_per_group` output
+    /// channels per group and an `output_pixels = Ho·Wo` output plane.
+    pub fn resolve<B: Backend>(
+        self,
+        out_channels_per_group: usize,
+        output_pixels: usize,
+    ) -> ComputePath {
         match self {
-            ComputePath::Auto if out_channels_per_group >= output_pixels => ComputePath::Factorized,
+            ComputePath::Auto
+                if paths::fused_columns::<B>() || out_channels_per_group >= output_pixels =>
+            {
+                ComputePath::Factorized
+            }
             ComputePath::Auto => ComputePath::PerSampleKernel,
             concrete => concrete,
         }

@@ -175,7 +175,7 @@ impl<B: Backend> PedConv2d<B> {
     pub fn attention(&self, input: Tensor<B, 4>) -> AttentionFactors<B> {
         self.check_input(&input);
         self.attn
-            .forward(input.mean_dims(&[2, 3]).flatten(1, 3), self.sizes(), None)
+            .forward(global_average(input), self.sizes(), None)
             .factors
     }
 
@@ -262,7 +262,7 @@ impl<B: Backend> PedConv2d<B> {
         info_max: bool,
     ) -> PedConvOutput<B> {
         let geometry = self.check_input(&input);
-        let pooled = input.clone().mean_dims(&[2, 3]).flatten(1, 3);
+        let pooled = global_average(input.clone());
         let pass = self.attn.forward(
             pooled.clone(),
             self.sizes(),
@@ -298,7 +298,7 @@ impl<B: Backend> PedConv2d<B> {
         };
         let output = match self
             .compute_path
-            .resolve(channels_out / self.groups, geometry.output_pixels())
+            .resolve::<B>(channels_out / self.groups, geometry.output_pixels())
         {
             ComputePath::PerSampleKernel => paths::per_sample_kernel(input, factors, &conv),
             _ => paths::factorized(input, factors, &conv),
@@ -308,4 +308,15 @@ impl<B: Backend> PedConv2d<B> {
             None => output,
         }
     }
+}
+
+/// The global average pool `[B, in]` of `[B, in, H, W]`, as the mean of each row of
+/// `[B·in, H·W]`: its gradient is then one row broadcast, which flex runs with SIMD (a mean over
+/// the two trailing dimensions has two gradient steps that it runs element by element).
+fn global_average<B: Backend>(input: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [batch, channels, height, width] = input.dims();
+    input
+        .reshape([batch * channels, height * width])
+        .mean_dim(1)
+        .reshape([batch, channels])
 }

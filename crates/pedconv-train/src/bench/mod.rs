@@ -193,7 +193,7 @@ fn bench_layers<B: Backend>(
         );
         let geometry = ped.geometry([h, w]);
         let [ho, wo] = geometry.output_size;
-        let auto = ComputePath::Auto.resolve(cout / config.groups, ho * wo);
+        let auto = ComputePath::Auto.resolve::<Ad<B>>(cout / config.groups, ho * wo);
         let layer = format!("{cin}→{cout} {k}×{k} /{} @ {h}×{w}", config.stride[0]);
         eprintln!("bench: {} {layer} …", depth_name(depth));
         let x_inner = x.clone().inner();

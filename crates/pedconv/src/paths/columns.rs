@@ -7,9 +7,44 @@
 //! [`forward`] is what autodiff differentiates on backends without the memory-saving operation
 //! of [`recompute`](super::recompute); [`backward`] is that operation's hand-written gradient,
 //! which recomputes the columns (`kh·kw` times the input) instead of keeping them.
+//!
+//! On flex, [`flex`] computes the same formulation with fused loops, tile by tile.
+
+#[cfg(feature = "flex")]
+mod flex;
+/// Where flex is not built, the tensor operations serve every backend.
+#[cfg(not(feature = "flex"))]
+mod flex {
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+
+    use super::super::{ConvLayout, Gradients, Operands};
+
+    pub(crate) fn runs_on<B: Backend>() -> bool {
+        false
+    }
+
+    pub(super) fn forward<B: Backend>(
+        _: &Operands<B>,
+        _: &ConvLayout,
+    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        None
+    }
+
+    pub(super) fn backward<B: Backend>(
+        _: &Operands<B>,
+        _: &Tensor<B, 4>,
+        _: &ConvLayout,
+        _: &Tensor<B, 4>,
+    ) -> Option<Gradients<B>> {
+        None
+    }
+}
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+
+pub(crate) use flex::runs_on as fused;
 
 use super::{
     col2im, expand_terms, im2col, input_scale, scale_rows, sum_terms, swap_leading_dims,
@@ -20,8 +55,9 @@ use super::{
 pub(crate) struct Forward<B: Backend> {
     /// `[B, out, Ho, Wo]`.
     pub output: Tensor<B, 4>,
-    /// `W · (im2col(x ⊙ a_in) ⊙ a_k)` before the output scaling, channels first:
-    /// `[out, N, Ho, Wo]`.
+    /// `W · (im2col(x ⊙ a_in) ⊙ a_k)` before the output scaling: channels first,
+    /// `[out, N, Ho, Wo]`, from the tensor operations; batch first, `[N, out, Ho, Wo]`, from
+    /// flex's loops (each path's backward reads its own).
     pub per_term: Tensor<B, 4>,
 }
 
@@ -128,6 +164,9 @@ fn output_scale<B: Backend>(operands: &Operands<B>, sizes: &Sizes) -> Tensor<B, 
 
 /// The forward pass.
 pub(crate) fn forward<B: Backend>(operands: &Operands<B>, layout: &ConvLayout) -> Forward<B> {
+    if let Some((output, per_term)) = flex::forward(operands, layout) {
+        return Forward { output, per_term };
+    }
     let sizes = Sizes::new(operands, layout);
     let (columns, tap_row) = raw_columns(operands, layout, &sizes);
     let columns =
@@ -156,6 +195,9 @@ pub(crate) fn backward<B: Backend>(
     layout: &ConvLayout,
     grad: Tensor<B, 4>,
 ) -> Gradients<B> {
+    if let Some(gradients) = flex::backward(&operands, &per_term, layout, &grad) {
+        return gradients;
+    }
     let sizes = Sizes::new(&operands, layout);
     let (batch, rank, terms) = (sizes.batch, sizes.rank, sizes.terms());
     let [ho, wo] = sizes.output_size;

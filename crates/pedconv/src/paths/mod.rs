@@ -153,16 +153,23 @@ pub(crate) fn per_sample_kernel<B: Backend>(
     })
 }
 
+/// Whether the factorized path runs as the fused loops of [`columns`] on `B` (flex).
+pub(crate) fn fused_columns<B: Backend>() -> bool {
+    columns::fused::<B>()
+}
+
 /// The factorized path: `y = Σ_r a_out ⊙ conv(x ⊙ a_in, W ⊙ a_k)` without per-sample kernels.
-/// For 1×1 kernels `a_k` is a scalar per sample and joins the output scaling around a static
-/// convolution; larger kernels take the im2col formulation of [`columns`].
+/// Kernels larger than 1×1, and every kernel on flex (whose fused loops of [`columns`] beat its
+/// static 1×1 convolution), take the im2col formulation of [`columns`]; otherwise, for 1×1
+/// kernels, `a_k` is a scalar per sample and joins the output scaling around a static
+/// convolution.
 pub(crate) fn factorized<B: Backend>(
     x: Tensor<B, 4>,
     factors: &AttentionFactors<B>,
     conv: &StaticConv<B>,
 ) -> Tensor<B, 4> {
     let [_, _, kh, kw] = conv.weight.dims();
-    if kh * kw > 1 {
+    if kh * kw > 1 || fused_columns::<B>() {
         return Formulation::Columns(conv.layout).apply(Operands {
             x,
             factors: factors.clone(),
@@ -227,6 +234,14 @@ fn sum_terms<B: Backend>(x: Tensor<B, 4>, rank: usize) -> Tensor<B, 4> {
     x.reshape([terms / rank, rank, channels * height * width])
         .sum_dim(1)
         .reshape([terms / rank, channels, height, width])
+}
+
+/// `value` as a `U`, when `T` is `U`: how a generic path takes a backend-specific route.
+fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn core::any::Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take)
 }
 
 /// A float tensor of a backend's primitive.

@@ -12,7 +12,7 @@
 //! time and answers `None` for any other, where autodiff differentiates the composition itself
 //! (the same values, more memory).
 
-use core::any::{Any, TypeId};
+use core::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -22,7 +22,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::{float_tensor, Formulation, Operands};
+use super::{cast, float_tensor, Formulation, Operands};
 use crate::attention::AttentionFactors;
 
 /// The output of `formulation` through its memory-saving operation, when `B` is one of the
@@ -72,14 +72,6 @@ fn on_autodiff<B: Backend, I: Backend, C: CheckpointStrategy>(
     }
     let operands = cast::<_, Operands<Autodiff<I, C>>>(operands.clone())?;
     cast(tracked_forward::<I, C>(formulation, operands))
-}
-
-/// `value` as a `U`, when `T` is `U`.
-fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
-    let mut slot = Some(value);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<U>>()
-        .and_then(Option::take)
 }
 
 /// The forward on the inner backend, registered in the autodiff graph with [`RecomputeBackward`].
@@ -260,6 +252,37 @@ mod tests {
                 2,
                 [2, 3, 4],
             ),
+            (
+                [4, 6],
+                [1, 1],
+                [2, 2],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 0, 0, 1),
+                1,
+                1,
+                [2, 5, 6],
+            ),
+            // Output rows wider than a tile of the flex loops: one tile per output row.
+            (
+                [4, 6],
+                [3, 3],
+                [2, 1],
+                [1, 1],
+                pad1.clone(),
+                2,
+                2,
+                [2, 5, 520],
+            ),
+            (
+                [3, 4],
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                pad1.clone(),
+                1,
+                1,
+                [1, 4, 600],
+            ),
             // Large enough for the concatenating transposes of `swap_leading_dims`.
             (
                 [16, 16],
@@ -282,10 +305,7 @@ mod tests {
                 groups,
                 geometry,
             };
-            let mut formulations = Vec::new();
-            if kernel_size != [1, 1] {
-                formulations.push(Formulation::Columns(layout));
-            }
+            let mut formulations = vec![Formulation::Columns(layout)];
             if geometry.padding_start == geometry.padding_end {
                 formulations.push(Formulation::Kernels(ConvOptions::new(
                     stride,

@@ -1,0 +1,739 @@
+//! The columns formulation on flex as fused loops over its CPU storage, tiled as flex tiles its
+//! own convolution.
+//!
+//! Written with tensor operations, the formulation makes several passes over column-sized
+//! tensors (`kh·kw` times the input) and runs its matrix products with one output channel per
+//! row of a very wide matrix. Here each task takes one sample; for each tile of whole output
+//! rows (about [`TILE`] positions) it writes the scaled columns into a buffer that stays in
+//! cache, multiplies them by the base weight with a single-threaded gemm, and scales the result
+//! into the output. The backward pass does the same per tile: the column gradient by one gemm,
+//! then one pass that sums it onto the input (col2im times the scale) and, against the input,
+//! into the factors' gradients; the weight gradient by a gemm that accumulates over the tiles.
+//! Nothing column-sized is ever allocated.
+//!
+//! [`forward`] and [`backward`] answer `None` unless the backend is flex (`B = Flex`, the inner
+//! backend of `Autodiff<Flex>` included) and the operands are float32 or float64 alike; the
+//! caller then takes the tensor operations of [`super`].
+
+use core::any::TypeId;
+use core::ops::{Add, AddAssign, Mul, Range};
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Element, Tensor, TensorData, TensorPrimitive};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::super::{cast, ConvLayout, Gradients, Operands};
+use super::Sizes;
+
+/// Output positions per tile, about: a tile is whole output rows. Flex's own convolution tiles
+/// by 512; the columns of a 512-position tile of a 64-channel 3×3 layer take about 1 MiB.
+const TILE: usize = 512;
+
+/// The element types the loops are written for.
+trait Real:
+    Element + bytemuck::Pod + Default + Add<Output = Self> + Mul<Output = Self> + AddAssign
+{
+    const ONE: Self;
+}
+
+impl Real for f32 {
+    const ONE: Self = 1.0;
+}
+
+impl Real for f64 {
+    const ONE: Self = 1.0;
+}
+
+/// Whether `B` is flex or `Autodiff` over it (either checkpointing strategy): the backends on
+/// which the columns formulation takes these loops, for float32 and float64 operands.
+pub(crate) fn runs_on<B: Backend>() -> bool {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::backend::Autodiff;
+    let backend = TypeId::of::<B>();
+    backend == TypeId::of::<Flex>()
+        || backend == TypeId::of::<Autodiff<Flex>>()
+        || backend == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>()
+}
+
+/// `tensor`'s contiguous storage on flex, when `B` is flex.
+fn storage<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
+    let tensor = cast::<_, Tensor<Flex, D>>(tensor.clone())?
+        .into_primitive()
+        .tensor();
+    Some(if tensor.is_contiguous() {
+        tensor
+    } else {
+        tensor.to_contiguous()
+    })
+}
+
+/// A `B` tensor of `values`, when `B` is flex.
+fn tensor<B: Backend, T: Real, const D: usize>(
+    values: Vec<T>,
+    shape: [usize; D],
+) -> Option<Tensor<B, D>> {
+    let primitive = FlexTensor::from_data(TensorData::new(values, shape));
+    cast(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(
+        primitive,
+    )))
+}
+
+/// The operands' storage.
+struct Storage {
+    /// `[B, in, H, W]`.
+    x: FlexTensor,
+    /// `a_in` `[B, r, in/g]`, `a_out` `[B, r, out]`, `a_k` `[B, r, kh·kw]`.
+    input: FlexTensor,
+    output: FlexTensor,
+    kernel: FlexTensor,
+    /// `[out, in/g, kh, kw]`.
+    weight: FlexTensor,
+}
+
+impl Storage {
+    fn new<B: Backend>(operands: &Operands<B>) -> Option<Self> {
+        Some(Self {
+            x: storage(&operands.x)?,
+            input: storage(&operands.factors.input)?,
+            output: storage(&operands.factors.output)?,
+            kernel: storage(&operands.factors.kernel)?,
+            weight: storage(&operands.weight)?,
+        })
+    }
+
+    /// The values, when every operand holds `T`s.
+    fn values<T: Real>(&self) -> Option<Values<'_, T>> {
+        Some(Values {
+            x: self.x.as_slice()?,
+            input: self.input.as_slice()?,
+            output: self.output.as_slice()?,
+            kernel: self.kernel.as_slice()?,
+            weight: self.weight.as_slice()?,
+        })
+    }
+}
+
+/// The operands' values, in the layouts of [`Storage`].
+struct Values<'a, T> {
+    x: &'a [T],
+    input: &'a [T],
+    output: &'a [T],
+    kernel: &'a [T],
+    weight: &'a [T],
+}
+
+/// The output positions `o < output` whose input index `o·stride + offset` lies in
+/// `0..input`: the positions where a tap at `offset` (its dilated position less the padding)
+/// reads the input rather than the zero padding.
+fn in_range(offset: isize, stride: usize, input: usize, output: usize) -> Range<usize> {
+    let start = if offset >= 0 {
+        0
+    } else {
+        offset.unsigned_abs().div_ceil(stride)
+    };
+    let end = if offset >= input as isize {
+        0
+    } else {
+        ((input as isize - offset) as usize)
+            .div_ceil(stride)
+            .min(output)
+    };
+    start.min(end)..end
+}
+
+/// Where one kernel position's tap meets the input.
+struct Tap {
+    /// Output rows and columns that read the input (the others read zero padding).
+    rows: Range<usize>,
+    columns: Range<usize>,
+    /// Input row and column read at output position `(0, 0)`, padding subtracted.
+    row_offset: isize,
+    column_offset: isize,
+}
+
+impl Tap {
+    /// The taps of every kernel position, row-major (tap `u·kw + v`).
+    fn all(layout: &ConvLayout, sizes: &Sizes) -> Vec<Self> {
+        let [kh, kw] = sizes.kernel_size;
+        let offset = |axis: usize, position: usize| {
+            (position * layout.dilation[axis]) as isize
+                - layout.geometry.padding_start[axis] as isize
+        };
+        (0..kh * kw)
+            .map(|tap| {
+                let (row_offset, column_offset) = (offset(0, tap / kw), offset(1, tap % kw));
+                let [height, width] = sizes.input_size;
+                let [ho, wo] = sizes.output_size;
+                Self {
+                    rows: in_range(row_offset, layout.stride[0], height, ho),
+                    columns: in_range(column_offset, layout.stride[1], width, wo),
+                    row_offset,
+                    column_offset,
+                }
+            })
+            .collect()
+    }
+
+    /// The input row read at output row `oh` (in `rows`).
+    fn input_row(&self, stride: usize, oh: usize) -> usize {
+        (oh as isize * stride as isize + self.row_offset) as usize
+    }
+
+    /// The input column read at output column `ow` (in `columns`).
+    fn input_column(&self, stride: usize, ow: usize) -> usize {
+        (ow as isize * stride as isize + self.column_offset) as usize
+    }
+}
+
+/// What every task shares: the sizes and where each tap reads.
+struct Plan<'a> {
+    sizes: &'a Sizes,
+    layout: &'a ConvLayout,
+    taps: Vec<Tap>,
+    /// Output rows per tile.
+    tile_rows: usize,
+    /// Whether each gemm runs on all threads (fewer tasks than threads) or on its task's one.
+    parallelism: Parallelism,
+}
+
+impl<'a> Plan<'a> {
+    fn new(sizes: &'a Sizes, layout: &'a ConvLayout) -> Self {
+        let wo = sizes.output_size[1];
+        Self {
+            sizes,
+            layout,
+            taps: Tap::all(layout, sizes),
+            tile_rows: (TILE / wo.max(1)).max(1),
+            parallelism: if sizes.batch >= rayon::current_num_threads() {
+                Parallelism::None
+            } else {
+                Parallelism::Rayon(0)
+            },
+        }
+    }
+
+    /// The tiles: ranges of whole output rows.
+    fn tiles(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        let ho = self.sizes.output_size[0];
+        (0..ho)
+            .step_by(self.tile_rows)
+            .map(move |start| start..ho.min(start + self.tile_rows))
+    }
+
+    fn pixels(&self) -> usize {
+        self.sizes.output_size[0] * self.sizes.output_size[1]
+    }
+
+    fn group_in(&self) -> usize {
+        self.sizes.channels_in / self.sizes.groups
+    }
+
+    fn group_out(&self) -> usize {
+        self.sizes.channels_out / self.sizes.groups
+    }
+
+    /// The scaled columns of term `t`, group `g`, on output rows `tile`: `[in/g·kh·kw, len]`
+    /// with `len` the tile's positions, row `c·kh·kw + k` holding
+    /// `a_in[t, c] · a_k[t, k] · x[b, g·in/g + c]` at the pixels tap `k` reads.
+    fn fill_columns<T: Real>(
+        &self,
+        columns: &mut [T],
+        values: &Values<T>,
+        [t, g]: [usize; 2],
+        tile: &Range<usize>,
+    ) {
+        let sizes = self.sizes;
+        let (taps, group_in) = (sizes.taps(), self.group_in());
+        let [height, width] = sizes.input_size;
+        let wo = sizes.output_size[1];
+        let [sh, sw] = self.layout.stride;
+        let len = tile.len() * wo;
+        let sample = t / sizes.rank;
+        columns[..group_in * taps * len].fill(T::default());
+        for c in 0..group_in {
+            let channel = g * group_in + c;
+            let plane = &values.x[(sample * sizes.channels_in + channel) * height * width..]
+                [..height * width];
+            let input_factor = values.input[t * group_in + c];
+            for (k, tap) in self.taps.iter().enumerate() {
+                if tap.columns.is_empty() {
+                    continue;
+                }
+                let scale = input_factor * values.kernel[t * taps + k];
+                let row = &mut columns[(c * taps + k) * len..][..len];
+                for oh in tap.rows.start.max(tile.start)..tap.rows.end.min(tile.end) {
+                    let line = &plane[tap.input_row(sh, oh) * width..][..width];
+                    let out = &mut row[(oh - tile.start) * wo..][..wo];
+                    if sw == 1 {
+                        let first = tap.input_column(1, tap.columns.start);
+                        for (o, &v) in out[tap.columns.clone()].iter_mut().zip(&line[first..]) {
+                            *o = scale * v;
+                        }
+                    } else {
+                        for ow in tap.columns.clone() {
+                            out[ow] = scale * line[tap.input_column(sw, ow)];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`fill_columns`](Self::fill_columns) for the column gradient
+    /// `grad_columns` of term `t`, group `g`, tile `tile`: adds `scale · grad` onto the input
+    /// pixels of `grad_x` (the sample's `[in, H, W]`) and `Σ grad · x` times the other factor
+    /// into `grad_input` and `grad_kernel` (the term's `[in/g]` and `[kh·kw]`).
+    #[allow(clippy::too_many_arguments)]
+    fn spread_columns<T: Real>(
+        &self,
+        grad_columns: &[T],
+        values: &Values<T>,
+        [t, g]: [usize; 2],
+        tile: &Range<usize>,
+        grad_x: &mut [T],
+        grad_input: &mut [T],
+        grad_kernel: &mut [T],
+    ) {
+        let sizes = self.sizes;
+        let (taps, group_in) = (sizes.taps(), self.group_in());
+        let [height, width] = sizes.input_size;
+        let wo = sizes.output_size[1];
+        let [sh, sw] = self.layout.stride;
+        let len = tile.len() * wo;
+        let sample = t / sizes.rank;
+        for c in 0..group_in {
+            let channel = g * group_in + c;
+            let plane_start = channel * height * width;
+            let plane = &values.x[sample * sizes.channels_in * height * width + plane_start..]
+                [..height * width];
+            let grad_plane = &mut grad_x[plane_start..][..height * width];
+            let input_factor = values.input[t * group_in + c];
+            for (k, tap) in self.taps.iter().enumerate() {
+                if tap.columns.is_empty() {
+                    continue;
+                }
+                let kernel_factor = values.kernel[t * taps + k];
+                let scale = input_factor * kernel_factor;
+                let row = &grad_columns[(c * taps + k) * len..][..len];
+                let mut grad_scale = T::default();
+                for oh in tap.rows.start.max(tile.start)..tap.rows.end.min(tile.end) {
+                    let start = tap.input_row(sh, oh) * width;
+                    let line = &plane[start..][..width];
+                    let grad_line = &mut grad_plane[start..][..width];
+                    let upstream = &row[(oh - tile.start) * wo..][..wo];
+                    if sw == 1 {
+                        let first = tap.input_column(1, tap.columns.start);
+                        grad_scale += dot_and_scaled_add(
+                            &upstream[tap.columns.clone()],
+                            &line[first..],
+                            &mut grad_line[first..],
+                            scale,
+                        );
+                    } else {
+                        for ow in tap.columns.clone() {
+                            let iw = tap.input_column(sw, ow);
+                            grad_scale += upstream[ow] * line[iw];
+                            grad_line[iw] += scale * upstream[ow];
+                        }
+                    }
+                }
+                grad_input[c] += kernel_factor * grad_scale;
+                grad_kernel[k] += input_factor * grad_scale;
+            }
+        }
+    }
+}
+
+/// A matrix in a slice: element `(i, j)` at `offset + i·row_stride + j·column_stride`.
+#[derive(Clone, Copy)]
+struct Matrix<'a, T> {
+    data: &'a [T],
+    offset: usize,
+    rows: usize,
+    columns: usize,
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl<'a, T> Matrix<'a, T> {
+    /// Rows `offset / row_stride ..` of a row-major matrix of `columns` columns.
+    fn row_major(data: &'a [T], offset: usize, rows: usize, columns: usize) -> Self {
+        Self {
+            data,
+            offset,
+            rows,
+            columns,
+            row_stride: columns,
+            column_stride: 1,
+        }
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            rows: self.columns,
+            columns: self.rows,
+            row_stride: self.column_stride,
+            column_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Panics unless every element lies in `data`.
+    fn check(&self, what: &str, len: usize) {
+        if self.rows > 0 && self.columns > 0 {
+            let last = self.offset
+                + (self.rows - 1) * self.row_stride
+                + (self.columns - 1) * self.column_stride;
+            assert!(last < len, "{what} matrix out of its buffer");
+        }
+    }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`; `dst` is row-major with rows
+/// `dst_row_stride` apart.
+fn matmul_into<T: Real>(
+    dst: &mut [T],
+    dst_row_stride: usize,
+    lhs: Matrix<T>,
+    rhs: Matrix<T>,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    assert_eq!(lhs.columns, rhs.rows, "matmul: inner dimensions differ");
+    let out = Matrix {
+        data: &*dst,
+        offset: 0,
+        rows: lhs.rows,
+        columns: rhs.columns,
+        row_stride: dst_row_stride,
+        column_stride: 1,
+    };
+    out.check("output", dst.len());
+    lhs.check("left", lhs.data.len());
+    rhs.check("right", rhs.data.len());
+    // SAFETY: the three checks above keep every element gemm reads or writes inside its slice,
+    // and `dst`, borrowed mutably, overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            lhs.rows,
+            rhs.columns,
+            lhs.columns,
+            dst.as_mut_ptr(),
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.column_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.column_stride as isize,
+            rhs.row_stride as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The output `[B, out, Ho, Wo]` and `per_term`, batch first: `W · (im2col(x ⊙ a_in) ⊙ a_k)`
+/// as `[N, out, Ho, Wo]`.
+pub(super) fn forward<B: Backend>(
+    operands: &Operands<B>,
+    layout: &ConvLayout,
+) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+    let storage = Storage::new(operands)?;
+    let sizes = Sizes::new(operands, layout);
+    forward_of::<B, f32>(&storage, layout, &sizes)
+        .or_else(|| forward_of::<B, f64>(&storage, layout, &sizes))
+}
+
+fn forward_of<B: Backend, T: Real>(
+    storage: &Storage,
+    layout: &ConvLayout,
+    sizes: &Sizes,
+) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+    let values = storage.values::<T>()?;
+    let plan = Plan::new(sizes, layout);
+    let (rank, channels_out, pixels) = (sizes.rank, sizes.channels_out, plan.pixels());
+    let (group_rows, group_out) = (sizes.group_rows(), plan.group_out());
+    let wo = sizes.output_size[1];
+    let mut output = vec![T::default(); sizes.batch * channels_out * pixels];
+    let mut per_term = vec![T::default(); sizes.terms() * channels_out * pixels];
+    output
+        .par_chunks_mut(channels_out * pixels)
+        .zip(per_term.par_chunks_mut(rank * channels_out * pixels))
+        .enumerate()
+        .for_each(|(b, (output, terms))| {
+            let mut columns = vec![T::default(); group_rows * plan.tile_rows * wo];
+            for (i, term) in terms.chunks_exact_mut(channels_out * pixels).enumerate() {
+                let t = b * rank + i;
+                for g in 0..sizes.groups {
+                    for tile in plan.tiles() {
+                        let len = tile.len() * wo;
+                        plan.fill_columns(&mut columns, &values, [t, g], &tile);
+                        matmul_into(
+                            &mut term[g * group_out * pixels + tile.start * wo..],
+                            pixels,
+                            Matrix::row_major(
+                                values.weight,
+                                g * group_out * group_rows,
+                                group_out,
+                                group_rows,
+                            ),
+                            Matrix::row_major(&columns, 0, group_rows, len),
+                            false,
+                            plan.parallelism,
+                        );
+                    }
+                }
+                let factors = &values.output[t * channels_out..][..channels_out];
+                for ((out, term), &factor) in output
+                    .chunks_exact_mut(pixels)
+                    .zip(term.chunks_exact(pixels))
+                    .zip(factors)
+                {
+                    for (y, &v) in out.iter_mut().zip(term) {
+                        *y += factor * v;
+                    }
+                }
+            }
+        });
+    let [ho, _] = sizes.output_size;
+    Some((
+        tensor(output, [sizes.batch, channels_out, ho, wo])?,
+        tensor(per_term, [sizes.terms(), channels_out, ho, wo])?,
+    ))
+}
+
+/// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]`, given the
+/// `per_term` of [`forward`].
+pub(super) fn backward<B: Backend>(
+    operands: &Operands<B>,
+    per_term: &Tensor<B, 4>,
+    layout: &ConvLayout,
+    grad: &Tensor<B, 4>,
+) -> Option<Gradients<B>> {
+    let storage = Storage::new(operands)?;
+    let per_term = storage_as(per_term, operands)?;
+    let grad = storage_as(grad, operands)?;
+    let sizes = Sizes::new(operands, layout);
+    backward_of::<B, f32>(&storage, &per_term, &grad, layout, &sizes)
+        .or_else(|| backward_of::<B, f64>(&storage, &per_term, &grad, layout, &sizes))
+}
+
+/// [`storage`] of `tensor` in the dtype of the operands' input.
+fn storage_as<B: Backend>(tensor: &Tensor<B, 4>, operands: &Operands<B>) -> Option<FlexTensor> {
+    let dtype = operands.x.dtype();
+    if tensor.dtype() == dtype {
+        storage(tensor)
+    } else {
+        storage(&tensor.clone().cast(dtype))
+    }
+}
+
+fn backward_of<B: Backend, T: Real>(
+    storage: &Storage,
+    per_term: &FlexTensor,
+    grad: &FlexTensor,
+    layout: &ConvLayout,
+    sizes: &Sizes,
+) -> Option<Gradients<B>> {
+    let values = storage.values::<T>()?;
+    let per_term = per_term.as_slice::<T>()?;
+    let grad = grad.as_slice::<T>()?;
+    let plan = Plan::new(sizes, layout);
+    let (batch, rank, terms, taps) = (sizes.batch, sizes.rank, sizes.terms(), sizes.taps());
+    let (channels_in, channels_out, pixels) =
+        (sizes.channels_in, sizes.channels_out, plan.pixels());
+    let (group_in, group_out, group_rows) = (plan.group_in(), plan.group_out(), sizes.group_rows());
+    let [height, width] = sizes.input_size;
+    let wo = sizes.output_size[1];
+    let weight_size = channels_out * group_rows;
+    let mut grad_x = vec![T::default(); batch * channels_in * height * width];
+    let mut grad_input = vec![T::default(); terms * group_in];
+    let mut grad_output = vec![T::default(); terms * channels_out];
+    let mut grad_kernel = vec![T::default(); terms * taps];
+    // One task per sample, which owns its input's and factors' gradients; the weight's is
+    // summed over the tasks, one partial sum per thread's run of samples.
+    let grad_weight = grad_x
+        .par_chunks_mut(channels_in * height * width)
+        .zip(grad_input.par_chunks_mut(rank * group_in))
+        .zip(grad_output.par_chunks_mut(rank * channels_out))
+        .zip(grad_kernel.par_chunks_mut(rank * taps))
+        .enumerate()
+        .with_min_len(batch.div_ceil(rayon::current_num_threads()))
+        .fold(
+            || vec![T::default(); weight_size],
+            |mut grad_weight, (b, (((grad_x, grad_input), grad_output), grad_kernel))| {
+                let tile_len = plan.tile_rows * wo;
+                let mut columns = vec![T::default(); group_rows * tile_len];
+                let mut grad_columns = vec![T::default(); group_rows * tile_len];
+                let mut grad_tile = vec![T::default(); group_out * tile_len];
+                let upstream = &grad[b * channels_out * pixels..][..channels_out * pixels];
+                for i in 0..rank {
+                    let t = b * rank + i;
+                    let term = &per_term[t * channels_out * pixels..][..channels_out * pixels];
+                    // y = Σ_i a_out ⊙ per_term.
+                    for ((g, upstream), term) in grad_output[i * channels_out..][..channels_out]
+                        .iter_mut()
+                        .zip(upstream.chunks_exact(pixels))
+                        .zip(term.chunks_exact(pixels))
+                    {
+                        *g = dot(upstream, term);
+                    }
+                    let factors = &values.output[t * channels_out..][..channels_out];
+                    for g in 0..sizes.groups {
+                        for tile in plan.tiles() {
+                            let len = tile.len() * wo;
+                            // The gradient of this tile of per_term, [out/g, len].
+                            for (o, row) in
+                                grad_tile.chunks_exact_mut(len).take(group_out).enumerate()
+                            {
+                                let channel = g * group_out + o;
+                                let source = &upstream[channel * pixels + tile.start * wo..][..len];
+                                for (d, &u) in row.iter_mut().zip(source) {
+                                    *d = factors[channel] * u;
+                                }
+                            }
+                            let weight = Matrix::row_major(
+                                values.weight,
+                                g * group_out * group_rows,
+                                group_out,
+                                group_rows,
+                            );
+                            let grad_rows = Matrix::row_major(&grad_tile, 0, group_out, len);
+                            // per_term = W · columns.
+                            matmul_into(
+                                &mut grad_columns,
+                                len,
+                                weight.transposed(),
+                                grad_rows,
+                                false,
+                                plan.parallelism,
+                            );
+                            plan.spread_columns(
+                                &grad_columns,
+                                &values,
+                                [t, g],
+                                &tile,
+                                grad_x,
+                                &mut grad_input[i * group_in..][..group_in],
+                                &mut grad_kernel[i * taps..][..taps],
+                            );
+                            plan.fill_columns(&mut columns, &values, [t, g], &tile);
+                            matmul_into(
+                                &mut grad_weight[g * group_out * group_rows..],
+                                group_rows,
+                                grad_rows,
+                                Matrix::row_major(&columns, 0, group_rows, len).transposed(),
+                                true,
+                                plan.parallelism,
+                            );
+                        }
+                    }
+                }
+                grad_weight
+            },
+        )
+        .reduce_with(|mut sum, part| {
+            for (s, p) in sum.iter_mut().zip(part) {
+                *s += p;
+            }
+            sum
+        })
+        .unwrap_or_else(|| vec![T::default(); weight_size]);
+    let [kh, kw] = sizes.kernel_size;
+    Some(Gradients {
+        x: tensor(grad_x, [batch, channels_in, height, width])?,
+        input: tensor(grad_input, [batch, rank, group_in])?,
+        output: tensor(grad_output, [batch, rank, channels_out])?,
+        kernel: tensor(grad_kernel, [batch, rank, taps])?,
+        weight: tensor(grad_weight, [channels_out, group_in, kh, kw])?,
+    })
+}
+
+/// Lanes of the unrolled loops: independent partial sums that the compiler keeps in one
+/// vector register.
+const LANES: usize = 8;
+
+/// `Σ a·b` over the common length, in [`LANES`] partial sums.
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut lanes = [T::default(); LANES];
+    for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for lane in 0..LANES {
+            lanes[lane] += a[lane] * b[lane];
+        }
+    }
+    let tail = n - n % LANES;
+    let mut sum = lanes.into_iter().fold(T::default(), |s, v| s + v);
+    for (&a, &b) in a[tail..].iter().zip(&b[tail..]) {
+        sum += a * b;
+    }
+    sum
+}
+
+/// `Σ g·x` over `g`'s length, while adding `scale · g` to `target`: the two uses of one
+/// column gradient, in one pass.
+fn dot_and_scaled_add<T: Real>(g: &[T], x: &[T], target: &mut [T], scale: T) -> T {
+    let n = g.len();
+    let (x, target) = (&x[..n], &mut target[..n]);
+    let mut lanes = [T::default(); LANES];
+    for ((g, x), target) in g
+        .chunks_exact(LANES)
+        .zip(x.chunks_exact(LANES))
+        .zip(target.chunks_exact_mut(LANES))
+    {
+        for lane in 0..LANES {
+            lanes[lane] += g[lane] * x[lane];
+            target[lane] += scale * g[lane];
+        }
+    }
+    let tail = n - n % LANES;
+    let mut sum = lanes.into_iter().fold(T::default(), |s, v| s + v);
+    for ((&g, &x), target) in g[tail..].iter().zip(&x[tail..]).zip(&mut target[tail..]) {
+        sum += g * x;
+        *target += scale * g;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_range;
+
+    /// Brute force: the positions whose input index is in range.
+    fn expected(offset: isize, stride: usize, input: usize, output: usize) -> Vec<usize> {
+        (0..output)
+            .filter(|&o| {
+                let i = o as isize * stride as isize + offset;
+                (0..input as isize).contains(&i)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_range_is_the_positions_that_read_the_input() {
+        for offset in -4..6 {
+            for stride in 1..4 {
+                for input in 1..7 {
+                    for output in 0..8 {
+                        let range: Vec<usize> = in_range(offset, stride, input, output).collect();
+                        assert_eq!(
+                            range,
+                            expected(offset, stride, input, output),
+                            "offset {offset}, stride {stride}, input {input}, output {output}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
