@@ -188,26 +188,39 @@ impl Tap {
     }
 }
 
-/// What every task shares: the sizes and where each tap reads.
+/// A run of output positions of one term: its output rows `rows`, all columns.
+struct Segment {
+    term: usize,
+    rows: Range<usize>,
+}
+
+/// What every task shares: the sizes, where each tap reads, and how work is split.
 struct Plan<'a> {
     sizes: &'a Sizes,
     layout: &'a ConvLayout,
     taps: Vec<Tap>,
-    /// Output rows per tile.
-    tile_rows: usize,
+    /// Output rows per segment: all of them, or as many as fill a tile.
+    segment_rows: usize,
+    /// Samples per task: one, or for small images as many as fill a tile, but never fewer tasks
+    /// than threads where the batch allows.
+    task_samples: usize,
     /// Whether each gemm runs on all threads (fewer tasks than threads) or on its task's one.
     parallelism: Parallelism,
 }
 
 impl<'a> Plan<'a> {
     fn new(sizes: &'a Sizes, layout: &'a ConvLayout) -> Self {
-        let wo = sizes.output_size[1];
+        let [ho, wo] = sizes.output_size;
+        let threads = rayon::current_num_threads();
+        let term_len = (ho * wo * sizes.rank).max(1);
+        let task_samples = (TILE / term_len).clamp(1, sizes.batch.div_ceil(threads).max(1));
         Self {
             sizes,
             layout,
             taps: Tap::all(layout, sizes),
-            tile_rows: (TILE / wo.max(1)).max(1),
-            parallelism: if sizes.batch >= rayon::current_num_threads() {
+            segment_rows: (TILE / wo.max(1)).clamp(1, ho.max(1)),
+            task_samples,
+            parallelism: if sizes.batch.div_ceil(task_samples) >= threads {
                 Parallelism::None
             } else {
                 Parallelism::Rayon(0)
@@ -215,12 +228,43 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// The tiles: ranges of whole output rows.
-    fn tiles(&self) -> impl Iterator<Item = Range<usize>> + '_ {
-        let ho = self.sizes.output_size[0];
-        (0..ho)
-            .step_by(self.tile_rows)
-            .map(move |start| start..ho.min(start + self.tile_rows))
+    /// The tiles of the task whose first sample is `first`: the output positions of its terms,
+    /// split into segments and packed, in order, into tiles of at most [`TILE`] positions (or
+    /// one segment, where a segment is longer).
+    fn tiles(&self, first: usize) -> Vec<Vec<Segment>> {
+        let sizes = self.sizes;
+        let [ho, wo] = sizes.output_size;
+        let last = sizes.batch.min(first + self.task_samples);
+        let mut tiles = Vec::new();
+        let mut tile: Vec<Segment> = Vec::new();
+        let mut len = 0;
+        for term in first * sizes.rank..last * sizes.rank {
+            for start in (0..ho).step_by(self.segment_rows) {
+                let rows = start..ho.min(start + self.segment_rows);
+                let positions = rows.len() * wo;
+                if len + positions > TILE && !tile.is_empty() {
+                    tiles.push(core::mem::take(&mut tile));
+                    len = 0;
+                }
+                tile.push(Segment { term, rows });
+                len += positions;
+            }
+        }
+        if !tile.is_empty() {
+            tiles.push(tile);
+        }
+        tiles
+    }
+
+    /// The positions of a tile.
+    fn len(&self, tile: &[Segment]) -> usize {
+        tile.iter().map(|segment| segment.rows.len()).sum::<usize>() * self.sizes.output_size[1]
+    }
+
+    /// The most positions a tile has.
+    fn max_len(&self) -> usize {
+        let wo = self.sizes.output_size[1];
+        TILE.max(self.segment_rows * wo)
     }
 
     fn pixels(&self) -> usize {
@@ -235,46 +279,68 @@ impl<'a> Plan<'a> {
         self.sizes.channels_out / self.sizes.groups
     }
 
-    /// The scaled columns of term `t`, group `g`, on output rows `tile`: `[in/g·kh·kw, len]`
-    /// with `len` the tile's positions, row `c·kh·kw + k` holding
-    /// `a_in[t, c] · a_k[t, k] · x[b, g·in/g + c]` at the pixels tap `k` reads.
+    /// Each segment of `tile` with its first column in the tile's matrices and its positions
+    /// in its term's output plane.
+    fn placed<'t>(
+        &self,
+        tile: &'t [Segment],
+    ) -> impl Iterator<Item = (&'t Segment, usize, Range<usize>)> + 't {
+        let wo = self.sizes.output_size[1];
+        tile.iter().scan(0, move |offset, segment| {
+            let start = *offset;
+            *offset += segment.rows.len() * wo;
+            Some((
+                segment,
+                start,
+                segment.rows.start * wo..segment.rows.end * wo,
+            ))
+        })
+    }
+
+    /// The scaled columns of group `g` on `tile`: `[in/g·kh·kw, len]` with `len` the tile's
+    /// positions, row `c·kh·kw + k` holding `a_in[t, c] · a_k[t, k] · x[b, g·in/g + c]` at the
+    /// pixels tap `k` reads, for each segment's term `t` of sample `b`.
     fn fill_columns<T: Real>(
         &self,
         columns: &mut [T],
         values: &Values<T>,
-        [t, g]: [usize; 2],
-        tile: &Range<usize>,
+        g: usize,
+        tile: &[Segment],
     ) {
         let sizes = self.sizes;
         let (taps, group_in) = (sizes.taps(), self.group_in());
         let [height, width] = sizes.input_size;
         let wo = sizes.output_size[1];
         let [sh, sw] = self.layout.stride;
-        let len = tile.len() * wo;
-        let sample = t / sizes.rank;
+        let len = self.len(tile);
         columns[..group_in * taps * len].fill(T::default());
-        for c in 0..group_in {
-            let channel = g * group_in + c;
-            let plane = &values.x[(sample * sizes.channels_in + channel) * height * width..]
-                [..height * width];
-            let input_factor = values.input[t * group_in + c];
-            for (k, tap) in self.taps.iter().enumerate() {
-                if tap.columns.is_empty() {
-                    continue;
-                }
-                let scale = input_factor * values.kernel[t * taps + k];
-                let row = &mut columns[(c * taps + k) * len..][..len];
-                for oh in tap.rows.start.max(tile.start)..tap.rows.end.min(tile.end) {
-                    let line = &plane[tap.input_row(sh, oh) * width..][..width];
-                    let out = &mut row[(oh - tile.start) * wo..][..wo];
-                    if sw == 1 {
-                        let first = tap.input_column(1, tap.columns.start);
-                        for (o, &v) in out[tap.columns.clone()].iter_mut().zip(&line[first..]) {
-                            *o = scale * v;
-                        }
-                    } else {
-                        for ow in tap.columns.clone() {
-                            out[ow] = scale * line[tap.input_column(sw, ow)];
+        for (segment, offset, _) in self.placed(tile) {
+            let t = segment.term;
+            let sample = t / sizes.rank;
+            for c in 0..group_in {
+                let channel = g * group_in + c;
+                let plane = &values.x[(sample * sizes.channels_in + channel) * height * width..]
+                    [..height * width];
+                let input_factor = values.input[t * group_in + c];
+                for (k, tap) in self.taps.iter().enumerate() {
+                    if tap.columns.is_empty() {
+                        continue;
+                    }
+                    let scale = input_factor * values.kernel[t * taps + k];
+                    let row = &mut columns[(c * taps + k) * len + offset..];
+                    let rows = &segment.rows;
+                    for oh in tap.rows.start.max(rows.start)..tap.rows.end.min(rows.end) {
+                        let line = &plane[tap.input_row(sh, oh) * width..][..width];
+                        let out = &mut row[(oh - rows.start) * wo..][..wo];
+                        if sw == 1 {
+                            let first = tap.input_column(1, tap.columns.start);
+                            for (o, &v) in out[tap.columns.clone()].iter_mut().zip(&line[first..]) {
+                                *o = scale * v;
+                            }
+                        } else {
+                            for ow in tap.columns.clone() {
+                                out[ow] = scale * line[tap.input_column(sw, ow)];
+                            }
                         }
                     }
                 }
@@ -283,16 +349,18 @@ impl<'a> Plan<'a> {
     }
 
     /// The adjoint of [`fill_columns`](Self::fill_columns) for the column gradient
-    /// `grad_columns` of term `t`, group `g`, tile `tile`: adds `scale · grad` onto the input
-    /// pixels of `grad_x` (the sample's `[in, H, W]`) and `Σ grad · x` times the other factor
-    /// into `grad_input` and `grad_kernel` (the term's `[in/g]` and `[kh·kw]`).
+    /// `grad_columns` of group `g` on `tile`, in a task whose first sample is `first`: adds
+    /// `scale · grad` onto the input pixels of `grad_x` (the task's `[samples, in, H, W]`) and
+    /// `Σ grad · x` times the other factor into `grad_input` and `grad_kernel` (the task's
+    /// `[terms, in/g]` and `[terms, kh·kw]`).
     #[allow(clippy::too_many_arguments)]
     fn spread_columns<T: Real>(
         &self,
         grad_columns: &[T],
         values: &Values<T>,
-        [t, g]: [usize; 2],
-        tile: &Range<usize>,
+        g: usize,
+        tile: &[Segment],
+        first: usize,
         grad_x: &mut [T],
         grad_input: &mut [T],
         grad_kernel: &mut [T],
@@ -300,48 +368,53 @@ impl<'a> Plan<'a> {
         let sizes = self.sizes;
         let (taps, group_in) = (sizes.taps(), self.group_in());
         let [height, width] = sizes.input_size;
+        let plane_size = height * width;
         let wo = sizes.output_size[1];
         let [sh, sw] = self.layout.stride;
-        let len = tile.len() * wo;
-        let sample = t / sizes.rank;
-        for c in 0..group_in {
-            let channel = g * group_in + c;
-            let plane_start = channel * height * width;
-            let plane = &values.x[sample * sizes.channels_in * height * width + plane_start..]
-                [..height * width];
-            let grad_plane = &mut grad_x[plane_start..][..height * width];
-            let input_factor = values.input[t * group_in + c];
-            for (k, tap) in self.taps.iter().enumerate() {
-                if tap.columns.is_empty() {
-                    continue;
-                }
-                let kernel_factor = values.kernel[t * taps + k];
-                let scale = input_factor * kernel_factor;
-                let row = &grad_columns[(c * taps + k) * len..][..len];
-                let mut grad_scale = T::default();
-                for oh in tap.rows.start.max(tile.start)..tap.rows.end.min(tile.end) {
-                    let start = tap.input_row(sh, oh) * width;
-                    let line = &plane[start..][..width];
-                    let grad_line = &mut grad_plane[start..][..width];
-                    let upstream = &row[(oh - tile.start) * wo..][..wo];
-                    if sw == 1 {
-                        let first = tap.input_column(1, tap.columns.start);
-                        grad_scale += dot_and_scaled_add(
-                            &upstream[tap.columns.clone()],
-                            &line[first..],
-                            &mut grad_line[first..],
-                            scale,
-                        );
-                    } else {
-                        for ow in tap.columns.clone() {
-                            let iw = tap.input_column(sw, ow);
-                            grad_scale += upstream[ow] * line[iw];
-                            grad_line[iw] += scale * upstream[ow];
+        let len = self.len(tile);
+        for (segment, offset, _) in self.placed(tile) {
+            let t = segment.term;
+            let sample = t / sizes.rank;
+            let local_term = t - first * sizes.rank;
+            for c in 0..group_in {
+                let channel = (sample - first) * sizes.channels_in + g * group_in + c;
+                let plane =
+                    &values.x[(first * sizes.channels_in + channel) * plane_size..][..plane_size];
+                let grad_plane = &mut grad_x[channel * plane_size..][..plane_size];
+                let input_factor = values.input[t * group_in + c];
+                for (k, tap) in self.taps.iter().enumerate() {
+                    if tap.columns.is_empty() {
+                        continue;
+                    }
+                    let kernel_factor = values.kernel[t * taps + k];
+                    let scale = input_factor * kernel_factor;
+                    let row = &grad_columns[(c * taps + k) * len + offset..];
+                    let rows = &segment.rows;
+                    let mut grad_scale = T::default();
+                    for oh in tap.rows.start.max(rows.start)..tap.rows.end.min(rows.end) {
+                        let start = tap.input_row(sh, oh) * width;
+                        let line = &plane[start..][..width];
+                        let grad_line = &mut grad_plane[start..][..width];
+                        let upstream = &row[(oh - rows.start) * wo..][..wo];
+                        if sw == 1 {
+                            let first = tap.input_column(1, tap.columns.start);
+                            grad_scale += dot_and_scaled_add(
+                                &upstream[tap.columns.clone()],
+                                &line[first..],
+                                &mut grad_line[first..],
+                                scale,
+                            );
+                        } else {
+                            for ow in tap.columns.clone() {
+                                let iw = tap.input_column(sw, ow);
+                                grad_scale += upstream[ow] * line[iw];
+                                grad_line[iw] += scale * upstream[ow];
+                            }
                         }
                     }
+                    grad_input[local_term * group_in + c] += kernel_factor * grad_scale;
+                    grad_kernel[local_term * taps + k] += input_factor * grad_scale;
                 }
-                grad_input[c] += kernel_factor * grad_scale;
-                grad_kernel[k] += input_factor * grad_scale;
             }
         }
     }
@@ -462,49 +535,55 @@ fn forward_of<B: Backend, T: Real>(
     let plan = Plan::new(sizes, layout);
     let (rank, channels_out, pixels) = (sizes.rank, sizes.channels_out, plan.pixels());
     let (group_rows, group_out) = (sizes.group_rows(), plan.group_out());
-    let wo = sizes.output_size[1];
+    let samples = plan.task_samples;
     let mut output = vec![T::default(); sizes.batch * channels_out * pixels];
     let mut per_term = vec![T::default(); sizes.terms() * channels_out * pixels];
     output
-        .par_chunks_mut(channels_out * pixels)
-        .zip(per_term.par_chunks_mut(rank * channels_out * pixels))
+        .par_chunks_mut(samples * channels_out * pixels)
+        .zip(per_term.par_chunks_mut(samples * rank * channels_out * pixels))
         .enumerate()
-        .for_each(|(b, (output, terms))| {
-            let mut columns = vec![T::default(); group_rows * plan.tile_rows * wo];
-            for (i, term) in terms.chunks_exact_mut(channels_out * pixels).enumerate() {
-                let t = b * rank + i;
+        .for_each(|(task, (output, terms))| {
+            let first = task * samples;
+            let mut columns = vec![T::default(); group_rows * plan.max_len()];
+            let mut result = vec![T::default(); group_out * plan.max_len()];
+            for tile in plan.tiles(first) {
+                let len = plan.len(&tile);
                 for g in 0..sizes.groups {
-                    for tile in plan.tiles() {
-                        let len = tile.len() * wo;
-                        plan.fill_columns(&mut columns, &values, [t, g], &tile);
-                        matmul_into(
-                            &mut term[g * group_out * pixels + tile.start * wo..],
-                            pixels,
-                            Matrix::row_major(
-                                values.weight,
-                                g * group_out * group_rows,
-                                group_out,
-                                group_rows,
-                            ),
-                            Matrix::row_major(&columns, 0, group_rows, len),
-                            false,
-                            plan.parallelism,
-                        );
-                    }
-                }
-                let factors = &values.output[t * channels_out..][..channels_out];
-                for ((out, term), &factor) in output
-                    .chunks_exact_mut(pixels)
-                    .zip(term.chunks_exact(pixels))
-                    .zip(factors)
-                {
-                    for (y, &v) in out.iter_mut().zip(term) {
-                        *y += factor * v;
+                    plan.fill_columns(&mut columns, &values, g, &tile);
+                    matmul_into(
+                        &mut result,
+                        len,
+                        Matrix::row_major(
+                            values.weight,
+                            g * group_out * group_rows,
+                            group_out,
+                            group_rows,
+                        ),
+                        Matrix::row_major(&columns, 0, group_rows, len),
+                        false,
+                        plan.parallelism,
+                    );
+                    // Each segment's result into its term's per_term and, scaled by a_out,
+                    // into its sample's output.
+                    for (segment, offset, positions) in plan.placed(&tile) {
+                        let t = segment.term;
+                        let term = &mut terms[(t - first * rank) * channels_out * pixels..];
+                        let sample = &mut output[(t / rank - first) * channels_out * pixels..];
+                        for (o, result) in result.chunks_exact(len).take(group_out).enumerate() {
+                            let channel = g * group_out + o;
+                            let factor = values.output[t * channels_out + channel];
+                            let source = &result[offset..][..positions.len()];
+                            let at = channel * pixels + positions.start;
+                            term[at..][..positions.len()].copy_from_slice(source);
+                            for (y, &v) in sample[at..][..positions.len()].iter_mut().zip(source) {
+                                *y += factor * v;
+                            }
+                        }
                     }
                 }
             }
         });
-    let [ho, _] = sizes.output_size;
+    let [ho, wo] = sizes.output_size;
     Some((
         tensor(output, [sizes.batch, channels_out, ho, wo])?,
         tensor(per_term, [sizes.terms(), channels_out, ho, wo])?,
@@ -553,89 +632,91 @@ fn backward_of<B: Backend, T: Real>(
         (sizes.channels_in, sizes.channels_out, plan.pixels());
     let (group_in, group_out, group_rows) = (plan.group_in(), plan.group_out(), sizes.group_rows());
     let [height, width] = sizes.input_size;
-    let wo = sizes.output_size[1];
+    let samples = plan.task_samples;
     let weight_size = channels_out * group_rows;
     let mut grad_x = vec![T::default(); batch * channels_in * height * width];
     let mut grad_input = vec![T::default(); terms * group_in];
     let mut grad_output = vec![T::default(); terms * channels_out];
     let mut grad_kernel = vec![T::default(); terms * taps];
-    // One task per sample, which owns its input's and factors' gradients; the weight's is
-    // summed over the tasks, one partial sum per thread's run of samples.
+    // Each task owns its samples' input and factor gradients; the weight's is summed over the
+    // tasks, one partial sum per thread's run of tasks.
+    let tasks = batch.div_ceil(samples);
     let grad_weight = grad_x
-        .par_chunks_mut(channels_in * height * width)
-        .zip(grad_input.par_chunks_mut(rank * group_in))
-        .zip(grad_output.par_chunks_mut(rank * channels_out))
-        .zip(grad_kernel.par_chunks_mut(rank * taps))
+        .par_chunks_mut(samples * channels_in * height * width)
+        .zip(grad_input.par_chunks_mut(samples * rank * group_in))
+        .zip(grad_output.par_chunks_mut(samples * rank * channels_out))
+        .zip(grad_kernel.par_chunks_mut(samples * rank * taps))
         .enumerate()
-        .with_min_len(batch.div_ceil(rayon::current_num_threads()))
+        .with_min_len(tasks.div_ceil(rayon::current_num_threads()))
         .fold(
             || vec![T::default(); weight_size],
-            |mut grad_weight, (b, (((grad_x, grad_input), grad_output), grad_kernel))| {
-                let tile_len = plan.tile_rows * wo;
-                let mut columns = vec![T::default(); group_rows * tile_len];
-                let mut grad_columns = vec![T::default(); group_rows * tile_len];
-                let mut grad_tile = vec![T::default(); group_out * tile_len];
-                let upstream = &grad[b * channels_out * pixels..][..channels_out * pixels];
-                for i in 0..rank {
-                    let t = b * rank + i;
-                    let term = &per_term[t * channels_out * pixels..][..channels_out * pixels];
-                    // y = Σ_i a_out ⊙ per_term.
-                    for ((g, upstream), term) in grad_output[i * channels_out..][..channels_out]
-                        .iter_mut()
-                        .zip(upstream.chunks_exact(pixels))
-                        .zip(term.chunks_exact(pixels))
-                    {
-                        *g = dot(upstream, term);
+            |mut grad_weight, (task, (((grad_x, grad_input), grad_output), grad_kernel))| {
+                let first = task * samples;
+                // y = Σ_i a_out ⊙ per_term, per term and output channel.
+                for (local, grad_output) in grad_output.chunks_exact_mut(channels_out).enumerate() {
+                    let t = first * rank + local;
+                    let upstream = &grad[t / rank * channels_out * pixels..];
+                    let term = &per_term[t * channels_out * pixels..];
+                    for (o, g) in grad_output.iter_mut().enumerate() {
+                        let at = o * pixels;
+                        *g = dot(&upstream[at..][..pixels], &term[at..][..pixels]);
                     }
-                    let factors = &values.output[t * channels_out..][..channels_out];
+                }
+                let mut columns = vec![T::default(); group_rows * plan.max_len()];
+                let mut grad_columns = vec![T::default(); group_rows * plan.max_len()];
+                let mut grad_tile = vec![T::default(); group_out * plan.max_len()];
+                for tile in plan.tiles(first) {
+                    let len = plan.len(&tile);
                     for g in 0..sizes.groups {
-                        for tile in plan.tiles() {
-                            let len = tile.len() * wo;
-                            // The gradient of this tile of per_term, [out/g, len].
-                            for (o, row) in
-                                grad_tile.chunks_exact_mut(len).take(group_out).enumerate()
-                            {
-                                let channel = g * group_out + o;
-                                let source = &upstream[channel * pixels + tile.start * wo..][..len];
-                                for (d, &u) in row.iter_mut().zip(source) {
-                                    *d = factors[channel] * u;
+                        // The gradient of the tile's per_term, [out/g, len].
+                        for (o, row) in grad_tile.chunks_exact_mut(len).take(group_out).enumerate()
+                        {
+                            let channel = g * group_out + o;
+                            for (segment, offset, positions) in plan.placed(&tile) {
+                                let t = segment.term;
+                                let factor = values.output[t * channels_out + channel];
+                                let source = &grad[(t / rank * channels_out + channel) * pixels
+                                    + positions.start..][..positions.len()];
+                                for (d, &u) in row[offset..].iter_mut().zip(source) {
+                                    *d = factor * u;
                                 }
                             }
-                            let weight = Matrix::row_major(
-                                values.weight,
-                                g * group_out * group_rows,
-                                group_out,
-                                group_rows,
-                            );
-                            let grad_rows = Matrix::row_major(&grad_tile, 0, group_out, len);
-                            // per_term = W · columns.
-                            matmul_into(
-                                &mut grad_columns,
-                                len,
-                                weight.transposed(),
-                                grad_rows,
-                                false,
-                                plan.parallelism,
-                            );
-                            plan.spread_columns(
-                                &grad_columns,
-                                &values,
-                                [t, g],
-                                &tile,
-                                grad_x,
-                                &mut grad_input[i * group_in..][..group_in],
-                                &mut grad_kernel[i * taps..][..taps],
-                            );
-                            plan.fill_columns(&mut columns, &values, [t, g], &tile);
-                            matmul_into(
-                                &mut grad_weight[g * group_out * group_rows..],
-                                group_rows,
-                                grad_rows,
-                                Matrix::row_major(&columns, 0, group_rows, len).transposed(),
-                                true,
-                                plan.parallelism,
-                            );
                         }
+                        let weight = Matrix::row_major(
+                            values.weight,
+                            g * group_out * group_rows,
+                            group_out,
+                            group_rows,
+                        );
+                        let grad_rows = Matrix::row_major(&grad_tile, 0, group_out, len);
+                        // per_term = W · columns.
+                        matmul_into(
+                            &mut grad_columns,
+                            len,
+                            weight.transposed(),
+                            grad_rows,
+                            false,
+                            plan.parallelism,
+                        );
+                        plan.spread_columns(
+                            &grad_columns,
+                            &values,
+                            g,
+                            &tile,
+                            first,
+                            grad_x,
+                            grad_input,
+                            grad_kernel,
+                        );
+                        plan.fill_columns(&mut columns, &values, g, &tile);
+                        matmul_into(
+                            &mut grad_weight[g * group_out * group_rows..],
+                            group_rows,
+                            grad_rows,
+                            Matrix::row_major(&columns, 0, group_rows, len).transposed(),
+                            true,
+                            plan.parallelism,
+                        );
                     }
                 }
                 grad_weight
