@@ -17,9 +17,10 @@ use crate::paths;
 /// In training on `Autodiff` over flex, ndarray, wgpu or CUDA (this crate's features of those
 /// names; flex is on by default) each path runs as one autodiff operation whose backward pass
 /// recomputes the path's large intermediates: what the layer keeps for the backward pass is then
-/// its input, its factors and, for `Factorized` with kernels larger than 1×1, one output-sized
-/// tensor. On other backends autodiff differentiates the same composition of tensor operations
-/// and keeps the intermediates named below until the backward pass.
+/// its input, its factors and, for `Factorized` with kernels larger than 1×1 (every kernel on
+/// flex), one output-sized tensor. On other backends autodiff differentiates the same
+/// composition of tensor operations and keeps the intermediates named below until the backward
+/// pass.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum ComputePath {
     /// The reference implementation: build the `[B·Cout, Cin/g, kh, kw]` per-sample kernels and run
@@ -31,11 +32,14 @@ pub enum ComputePath {
     /// the spatial factor `a_k` scales the columns of an im2col of the input, which a matrix
     /// product with the reshaped base weight then contracts. Intermediates: the scaled input for
     /// 1×1 kernels, else the columns and their scaled copy, `B·Cin·kh·kw·Ho·Wo` elements each.
+    /// On flex (float32 and float64), for every kernel size, fused loops instead: the scaled
+    /// columns of one tile of about 512 output positions at a time, in a buffer that stays in
+    /// cache, each tile's matrix products on one thread; nothing column-sized is allocated.
     Factorized,
     /// Per layer and backend: on flex (and `Autodiff` over it, float32 or float64),
-    /// [`Factorized`](Self::Factorized), whose fused loops there are faster than both the
-    /// per-sample kernels and burn's static convolution at every PEDConv layer shape of ResNet-18
-    /// and ResNet-50 measured by `pedconv bench`. On other backends, the path that materialises
+    /// [`Factorized`](Self::Factorized), whose fused loops there train (forward and backward)
+    /// faster than both the per-sample kernels and burn's static convolution at every PEDConv
+    /// layer shape of ResNet-18 and ResNet-50 measured by `pedconv bench`. On other backends, the path that materialises
     /// fewer elements: `Factorized` whenever `Cout/g ≥ Ho·Wo` (its columns, or its scaled input
     /// for 1×1 kernels, are then no larger than the per-sample kernels), else
     /// [`PerSampleKernel`](Self::PerSampleKernel); in ResNets the per-sample kernels in the

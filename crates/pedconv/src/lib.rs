@@ -28,7 +28,8 @@
 //!
 //! The cargo features `flex` (on by default), `ndarray`, `wgpu` and `cuda` build the compute
 //! paths' memory-saving autodiff operations for `Autodiff` over those backends (see
-//! [`ComputePath`]); on any other backend autodiff differentiates the same computation.
+//! [`ComputePath`]); on any other backend autodiff differentiates the same computation. `flex`
+//! also builds the factorized path's fused CPU loops for burn's flex backend.
 //!
 //! [`resnet`] builds the paper's ResNets, static or with PEDConv. The crate's `examples/` show a model of one's own that swaps a `Conv2d` for a `PedConv2d`.
 

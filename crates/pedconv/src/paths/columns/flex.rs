@@ -3,13 +3,14 @@
 //!
 //! Written with tensor operations, the formulation makes several passes over column-sized
 //! tensors (`kh·kw` times the input) and runs its matrix products with one output channel per
-//! row of a very wide matrix. Here each task takes one sample; for each tile of whole output
-//! rows (about [`TILE`] positions) it writes the scaled columns into a buffer that stays in
-//! cache, multiplies them by the base weight with a single-threaded gemm, and scales the result
-//! into the output. The backward pass does the same per tile: the column gradient by one gemm,
-//! then one pass that sums it onto the input (col2im times the scale) and, against the input,
-//! into the factors' gradients; the weight gradient by a gemm that accumulates over the tiles.
-//! Nothing column-sized is ever allocated.
+//! row of a very wide matrix. Here each task takes a few samples (one, or on small images as
+//! many as fill a tile) and walks their output positions tile by tile (at most [`TILE`]
+//! positions, fewer for wide layers: [`TILE_COLUMNS`]). For each tile it writes the scaled
+//! columns into a buffer that stays in cache, multiplies them by the base weight with a
+//! single-threaded gemm, and scales the result into the output. The backward pass does the same
+//! per tile: the column gradient by one gemm, then one pass that sums it onto the input (col2im
+//! times the scale) and, against the input, into the factors' gradients; the weight gradient by
+//! a gemm that accumulates over the tiles. Nothing column-sized is ever allocated.
 //!
 //! [`forward`] and [`backward`] answer `None` unless the backend is flex (`B = Flex`, the inner
 //! backend of `Autodiff<Flex>` included) and the operands are float32 or float64 alike; the
@@ -28,9 +29,13 @@ use rayon::prelude::*;
 use super::super::{cast, ConvLayout, Gradients, Operands};
 use super::Sizes;
 
-/// Output positions per tile, about: a tile is whole output rows. Flex's own convolution tiles
-/// by 512; the columns of a 512-position tile of a 64-channel 3×3 layer take about 1 MiB.
+/// Output positions per tile, at most; flex's own convolution tiles by 512.
 const TILE: usize = 512;
+
+/// Elements of a tile's columns (`in/g·kh·kw` rows), at most: 512 Ki, 2 MiB of float32. Wide
+/// layers take narrower tiles, so that the buffers of the tasks running at once stay small
+/// next to the activations a training step keeps.
+const TILE_COLUMNS: usize = 1 << 19;
 
 /// The element types the loops are written for.
 trait Real:
@@ -199,10 +204,12 @@ struct Plan<'a> {
     sizes: &'a Sizes,
     layout: &'a ConvLayout,
     taps: Vec<Tap>,
+    /// Output positions per tile, at most.
+    tile: usize,
     /// Output rows per segment: all of them, or as many as fill a tile.
     segment_rows: usize,
-    /// Samples per task: one, or for small images as many as fill a tile, but never fewer tasks
-    /// than threads where the batch allows.
+    /// Samples per task: one, or for small images about as many as fill a tile, in a number of
+    /// tasks that is a multiple of the threads where the batch allows.
     task_samples: usize,
     /// Whether each gemm runs on all threads (fewer tasks than threads) or on its task's one.
     parallelism: Parallelism,
@@ -213,12 +220,19 @@ impl<'a> Plan<'a> {
         let [ho, wo] = sizes.output_size;
         let threads = rayon::current_num_threads();
         let term_len = (ho * wo * sizes.rank).max(1);
-        let task_samples = (TILE / term_len).clamp(1, sizes.batch.div_ceil(threads).max(1));
+        let tile = (TILE_COLUMNS / sizes.group_rows().max(1)).clamp(1, TILE);
+        // As few tasks as fill the tiles, but a multiple of the threads, so that they finish
+        // together.
+        let batch = sizes.batch.max(1);
+        let fewest = batch.div_ceil((tile / term_len).max(1));
+        let tasks = fewest.max(threads).next_multiple_of(threads).min(batch);
+        let task_samples = batch.div_ceil(tasks);
         Self {
             sizes,
             layout,
             taps: Tap::all(layout, sizes),
-            segment_rows: (TILE / wo.max(1)).clamp(1, ho.max(1)),
+            tile,
+            segment_rows: (tile / wo.max(1)).clamp(1, ho.max(1)),
             task_samples,
             parallelism: if sizes.batch.div_ceil(task_samples) >= threads {
                 Parallelism::None
@@ -229,7 +243,7 @@ impl<'a> Plan<'a> {
     }
 
     /// The tiles of the task whose first sample is `first`: the output positions of its terms,
-    /// split into segments and packed, in order, into tiles of at most [`TILE`] positions (or
+    /// split into segments and packed, in order, into tiles of at most `self.tile` positions (or
     /// one segment, where a segment is longer).
     fn tiles(&self, first: usize) -> Vec<Vec<Segment>> {
         let sizes = self.sizes;
@@ -242,7 +256,7 @@ impl<'a> Plan<'a> {
             for start in (0..ho).step_by(self.segment_rows) {
                 let rows = start..ho.min(start + self.segment_rows);
                 let positions = rows.len() * wo;
-                if len + positions > TILE && !tile.is_empty() {
+                if len + positions > self.tile && !tile.is_empty() {
                     tiles.push(core::mem::take(&mut tile));
                     len = 0;
                 }
@@ -264,7 +278,7 @@ impl<'a> Plan<'a> {
     /// The most positions a tile has.
     fn max_len(&self) -> usize {
         let wo = self.sizes.output_size[1];
-        TILE.max(self.segment_rows * wo)
+        self.tile.max(self.segment_rows * wo)
     }
 
     fn pixels(&self) -> usize {
@@ -662,8 +676,8 @@ fn backward_of<B: Backend, T: Real>(
                         *g = dot(&upstream[at..][..pixels], &term[at..][..pixels]);
                     }
                 }
+                // The column gradient, then (once spread) the recomputed columns.
                 let mut columns = vec![T::default(); group_rows * plan.max_len()];
-                let mut grad_columns = vec![T::default(); group_rows * plan.max_len()];
                 let mut grad_tile = vec![T::default(); group_out * plan.max_len()];
                 for tile in plan.tiles(first) {
                     let len = plan.len(&tile);
@@ -691,7 +705,7 @@ fn backward_of<B: Backend, T: Real>(
                         let grad_rows = Matrix::row_major(&grad_tile, 0, group_out, len);
                         // per_term = W · columns.
                         matmul_into(
-                            &mut grad_columns,
+                            &mut columns,
                             len,
                             weight.transposed(),
                             grad_rows,
@@ -699,7 +713,7 @@ fn backward_of<B: Backend, T: Real>(
                             plan.parallelism,
                         );
                         plan.spread_columns(
-                            &grad_columns,
+                            &columns,
                             &values,
                             g,
                             &tile,
