@@ -1,4 +1,5 @@
-//! The factorized path for kernels larger than 1×1, written once over any backend's tensors:
+//! The factorized path's im2col formulation (for kernels larger than 1×1, and for every kernel on
+//! flex), written once over any backend's tensors:
 //!
 //! `y = Σ_r a_out ⊙ (W · (im2col(x ⊙ a_in) ⊙ a_k))`,
 //!

@@ -281,6 +281,17 @@ impl<'a> Plan<'a> {
         self.tile.max(self.segment_rows * wo)
     }
 
+    /// Group `g`'s rows of the base weight, `[out/g, in/g·kh·kw]`.
+    fn weight<'v, T>(&self, values: &Values<'v, T>, g: usize) -> Matrix<'v, T> {
+        let (group_out, group_rows) = (self.group_out(), self.sizes.group_rows());
+        Matrix::row_major(
+            values.weight,
+            g * group_out * group_rows,
+            group_out,
+            group_rows,
+        )
+    }
+
     fn pixels(&self) -> usize {
         self.sizes.output_size[0] * self.sizes.output_size[1]
     }
@@ -567,12 +578,7 @@ fn forward_of<B: Backend, T: Real>(
                     matmul_into(
                         &mut result,
                         len,
-                        Matrix::row_major(
-                            values.weight,
-                            g * group_out * group_rows,
-                            group_out,
-                            group_rows,
-                        ),
+                        plan.weight(&values, g),
                         Matrix::row_major(&columns, 0, group_rows, len),
                         false,
                         plan.parallelism,
@@ -696,12 +702,7 @@ fn backward_of<B: Backend, T: Real>(
                                 }
                             }
                         }
-                        let weight = Matrix::row_major(
-                            values.weight,
-                            g * group_out * group_rows,
-                            group_out,
-                            group_rows,
-                        );
+                        let weight = plan.weight(&values, g);
                         let grad_rows = Matrix::row_major(&grad_tile, 0, group_out, len);
                         // per_term = W · columns.
                         matmul_into(
