@@ -39,11 +39,11 @@ pub enum ComputePath {
     /// Per layer and backend: on flex (and `Autodiff` over it, float32 or float64),
     /// [`Factorized`](Self::Factorized), whose fused loops there train (forward and backward)
     /// faster than both the per-sample kernels and burn's static convolution at every PEDConv
-    /// layer shape of ResNet-18 and ResNet-50 measured by `pedconv bench`. On other backends, the path that materialises
-    /// fewer elements: `Factorized` whenever `Cout/g ≥ Ho·Wo` (its columns, or its scaled input
-    /// for 1×1 kernels, are then no larger than the per-sample kernels), else
-    /// [`PerSampleKernel`](Self::PerSampleKernel); in ResNets the per-sample kernels in the
-    /// early, high-resolution stages and the factorized path in the late ones.
+    /// layer shape of ResNet-18 and ResNet-50 measured by `pedconv bench`. On other backends,
+    /// the path that materialises fewer elements: `Factorized` whenever `Cout/g ≥ Ho·Wo` (its
+    /// columns, or its scaled input for 1×1 kernels, are then no larger than the per-sample
+    /// kernels), else [`PerSampleKernel`](Self::PerSampleKernel); in ResNets the per-sample
+    /// kernels in the early, high-resolution stages and the factorized path in the late ones.
     Auto,
 }
 

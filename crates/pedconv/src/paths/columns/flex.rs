@@ -322,6 +322,36 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// Every tap of every channel of group `g` in every segment of `tile` that reads the
+    /// input somewhere: the walk [`fill_columns`](Self::fill_columns) and its adjoint share.
+    fn tap_runs<'p>(
+        &'p self,
+        g: usize,
+        tile: &'p [Segment],
+    ) -> impl Iterator<Item = TapRun<'p>> + 'p {
+        let (taps, group_in) = (self.sizes.taps(), self.group_in());
+        let len = self.len(tile);
+        self.placed(tile).flat_map(move |(segment, offset, _)| {
+            (0..group_in).flat_map(move |c| {
+                self.taps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, tap)| !tap.columns.is_empty())
+                    .map(move |(k, tap)| TapRun {
+                        term: segment.term,
+                        channel: g * group_in + c,
+                        factor_index: c,
+                        k,
+                        tap,
+                        start: (c * taps + k) * len + offset,
+                        first_row: segment.rows.start,
+                        rows: tap.rows.start.max(segment.rows.start)
+                            ..tap.rows.end.min(segment.rows.end),
+                    })
+            })
+        })
+    }
+
     /// The scaled columns of group `g` on `tile`: `[in/g·kh·kw, len]` with `len` the tile's
     /// positions, row `c·kh·kw + k` holding `a_in[t, c] · a_k[t, k] · x[b, g·in/g + c]` at the
     /// pixels tap `k` reads, for each segment's term `t` of sample `b`.
@@ -337,36 +367,26 @@ impl<'a> Plan<'a> {
         let [height, width] = sizes.input_size;
         let wo = sizes.output_size[1];
         let [sh, sw] = self.layout.stride;
-        let len = self.len(tile);
-        columns[..group_in * taps * len].fill(T::default());
-        for (segment, offset, _) in self.placed(tile) {
-            let t = segment.term;
+        columns[..group_in * taps * self.len(tile)].fill(T::default());
+        for run in self.tap_runs(g, tile) {
+            let (t, tap) = (run.term, run.tap);
             let sample = t / sizes.rank;
-            for c in 0..group_in {
-                let channel = g * group_in + c;
-                let plane = &values.x[(sample * sizes.channels_in + channel) * height * width..]
-                    [..height * width];
-                let input_factor = values.input[t * group_in + c];
-                for (k, tap) in self.taps.iter().enumerate() {
-                    if tap.columns.is_empty() {
-                        continue;
+            let plane = &values.x[(sample * sizes.channels_in + run.channel) * height * width..]
+                [..height * width];
+            let scale =
+                values.input[t * group_in + run.factor_index] * values.kernel[t * taps + run.k];
+            let row = &mut columns[run.start..];
+            for oh in run.rows.clone() {
+                let line = &plane[tap.input_row(sh, oh) * width..][..width];
+                let out = &mut row[(oh - run.first_row) * wo..][..wo];
+                if sw == 1 {
+                    let first = tap.input_column(1, tap.columns.start);
+                    for (o, &v) in out[tap.columns.clone()].iter_mut().zip(&line[first..]) {
+                        *o = scale * v;
                     }
-                    let scale = input_factor * values.kernel[t * taps + k];
-                    let row = &mut columns[(c * taps + k) * len + offset..];
-                    let rows = &segment.rows;
-                    for oh in tap.rows.start.max(rows.start)..tap.rows.end.min(rows.end) {
-                        let line = &plane[tap.input_row(sh, oh) * width..][..width];
-                        let out = &mut row[(oh - rows.start) * wo..][..wo];
-                        if sw == 1 {
-                            let first = tap.input_column(1, tap.columns.start);
-                            for (o, &v) in out[tap.columns.clone()].iter_mut().zip(&line[first..]) {
-                                *o = scale * v;
-                            }
-                        } else {
-                            for ow in tap.columns.clone() {
-                                out[ow] = scale * line[tap.input_column(sw, ow)];
-                            }
-                        }
+                } else {
+                    for ow in tap.columns.clone() {
+                        out[ow] = scale * line[tap.input_column(sw, ow)];
                     }
                 }
             }
@@ -396,53 +416,60 @@ impl<'a> Plan<'a> {
         let plane_size = height * width;
         let wo = sizes.output_size[1];
         let [sh, sw] = self.layout.stride;
-        let len = self.len(tile);
-        for (segment, offset, _) in self.placed(tile) {
-            let t = segment.term;
-            let sample = t / sizes.rank;
+        for run in self.tap_runs(g, tile) {
+            let (t, tap) = (run.term, run.tap);
+            // The plane's index among the task's samples, and the term's among its terms.
+            let plane_index = (t / sizes.rank - first) * sizes.channels_in + run.channel;
             let local_term = t - first * sizes.rank;
-            for c in 0..group_in {
-                let channel = (sample - first) * sizes.channels_in + g * group_in + c;
-                let plane =
-                    &values.x[(first * sizes.channels_in + channel) * plane_size..][..plane_size];
-                let grad_plane = &mut grad_x[channel * plane_size..][..plane_size];
-                let input_factor = values.input[t * group_in + c];
-                for (k, tap) in self.taps.iter().enumerate() {
-                    if tap.columns.is_empty() {
-                        continue;
+            let plane =
+                &values.x[(first * sizes.channels_in + plane_index) * plane_size..][..plane_size];
+            let grad_plane = &mut grad_x[plane_index * plane_size..][..plane_size];
+            let input_factor = values.input[t * group_in + run.factor_index];
+            let kernel_factor = values.kernel[t * taps + run.k];
+            let scale = input_factor * kernel_factor;
+            let row = &grad_columns[run.start..];
+            let mut grad_scale = T::default();
+            for oh in run.rows.clone() {
+                let start = tap.input_row(sh, oh) * width;
+                let line = &plane[start..][..width];
+                let grad_line = &mut grad_plane[start..][..width];
+                let upstream = &row[(oh - run.first_row) * wo..][..wo];
+                if sw == 1 {
+                    let first = tap.input_column(1, tap.columns.start);
+                    grad_scale += dot_and_scaled_add(
+                        &upstream[tap.columns.clone()],
+                        &line[first..],
+                        &mut grad_line[first..],
+                        scale,
+                    );
+                } else {
+                    for ow in tap.columns.clone() {
+                        let iw = tap.input_column(sw, ow);
+                        grad_scale += upstream[ow] * line[iw];
+                        grad_line[iw] += scale * upstream[ow];
                     }
-                    let kernel_factor = values.kernel[t * taps + k];
-                    let scale = input_factor * kernel_factor;
-                    let row = &grad_columns[(c * taps + k) * len + offset..];
-                    let rows = &segment.rows;
-                    let mut grad_scale = T::default();
-                    for oh in tap.rows.start.max(rows.start)..tap.rows.end.min(rows.end) {
-                        let start = tap.input_row(sh, oh) * width;
-                        let line = &plane[start..][..width];
-                        let grad_line = &mut grad_plane[start..][..width];
-                        let upstream = &row[(oh - rows.start) * wo..][..wo];
-                        if sw == 1 {
-                            let first = tap.input_column(1, tap.columns.start);
-                            grad_scale += dot_and_scaled_add(
-                                &upstream[tap.columns.clone()],
-                                &line[first..],
-                                &mut grad_line[first..],
-                                scale,
-                            );
-                        } else {
-                            for ow in tap.columns.clone() {
-                                let iw = tap.input_column(sw, ow);
-                                grad_scale += upstream[ow] * line[iw];
-                                grad_line[iw] += scale * upstream[ow];
-                            }
-                        }
-                    }
-                    grad_input[local_term * group_in + c] += kernel_factor * grad_scale;
-                    grad_kernel[local_term * taps + k] += input_factor * grad_scale;
                 }
             }
+            grad_input[local_term * group_in + run.factor_index] += kernel_factor * grad_scale;
+            grad_kernel[local_term * taps + run.k] += input_factor * grad_scale;
         }
     }
+}
+
+/// One tap of one input channel in one segment of a tile (see [`Plan::tap_runs`]).
+struct TapRun<'p> {
+    term: usize,
+    /// The input channel, and its index in the group (that of its input factor).
+    channel: usize,
+    factor_index: usize,
+    k: usize,
+    tap: &'p Tap,
+    /// Where the segment's positions start in this channel and tap's row of the tile's columns.
+    start: usize,
+    /// The segment's first output row.
+    first_row: usize,
+    /// The segment's output rows at which the tap reads the input.
+    rows: Range<usize>,
 }
 
 /// A matrix in a slice: element `(i, j)` at `offset + i·row_stride + j·column_stride`.
