@@ -1,6 +1,6 @@
 //! Configuration errors, input errors, and the parameter and multiply-accumulate counts.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;

@@ -1,7 +1,7 @@
 //! The ResNet family: parameter counts against the reference's, multiply-accumulates against the
 //! published figures, and the forward passes.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::tensor::Tensor;

@@ -1,5 +1,4 @@
 //! Shared test support: the backend under test, float comparison, and fixture loading.
-#![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::PathBuf;
 

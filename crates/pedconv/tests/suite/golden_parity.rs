@@ -3,7 +3,7 @@
 //! output with the recorded noise, the information-maximisation loss, and the gradients of
 //! `sum(y_train · r) + 0.001 · im_loss` with respect to the input and every parameter.
 
-mod common;
+use crate::common;
 
 use burn::module::{AutodiffModule, Param};
 use burn::nn::{Linear, PaddingConfig2d};

@@ -2,7 +2,7 @@
 //! function (outputs and gradients), all attentions equal to one give burn's plain `Conv2d`,
 //! and the output shapes are those of a `Conv2d` with the same settings.
 
-mod common;
+use crate::common;
 
 use burn::module::{AutodiffModule, Param};
 use burn::nn::conv::Conv2dConfig;

@@ -1,7 +1,7 @@
 //! Importing the paper's PyTorch checkpoints: the golden ResNet-18 reproduces the reference's
 //! logits; bad files and mismatched models give errors that name the file and the keys.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
