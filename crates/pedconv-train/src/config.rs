@@ -1,6 +1,8 @@
 //! The experiment configuration (a burn `Config`, saved as JSON in every run directory).
 
 use burn::config::Config;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::SgdConfig;
 use pedconv::resnet::{ResNetConfig, ResNetDepth};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +77,10 @@ pub struct TrainConfig {
     /// Seed of the initialisation, the noise, the data order and the augmentations.
     #[config(default = 42)]
     pub seed: u64,
+    /// Take `model.num_classes` from the data (a folder's class folders) instead of checking it
+    /// against them; `--num-classes` turns it off.
+    #[config(default = false)]
+    pub classes_from_data: bool,
 }
 
 impl TrainConfig {
@@ -93,7 +99,21 @@ impl TrainConfig {
         .with_val_resize(32)
         .with_val_crop(32)
         .with_workers(2);
-        Self::new(model, data).with_warmup_epochs(1).with_mixup(0.0)
+        Self::new(model, data)
+            .with_warmup_epochs(1)
+            .with_mixup(0.0)
+            .with_classes_from_data(true)
+    }
+
+    /// The recipe's optimizer: SGD with momentum, without dampening (as PyTorch's; burn's
+    /// default dampens).
+    pub fn optimizer(&self) -> SgdConfig {
+        SgdConfig::new().with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(self.momentum)
+                .with_dampening(0.0)
+                .with_nesterov(self.nesterov),
+        ))
     }
 
     /// Images per optimizer step.
@@ -170,12 +190,23 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Checks the model against the data's number of classes.
-    pub fn check_classes(&self, classes: usize) -> Result<(), String> {
+    /// Checks the model against the data's number of classes, and the optimizer batch against
+    /// its number of training images.
+    pub fn check_data(&self, classes: usize, train_images: usize) -> Result<(), String> {
         if self.model.num_classes != classes {
             return Err(format!(
-                "model.num_classes is {}, the data has {classes} classes",
+                "model.num_classes is {}, the data has {classes} classes; pass --num-classes \
+                 {classes} (or set model.num_classes in the configuration)",
                 self.model.num_classes
+            ));
+        }
+        if self.optimizer_batch() > train_images {
+            return Err(format!(
+                "the optimizer batch ({} images: batch_size {} × {} passes) is larger than the \
+                 {train_images} training images; lower batch_size or optimizer_batch_size",
+                self.optimizer_batch(),
+                self.batch_size,
+                self.accumulation()
             ));
         }
         Ok(())
@@ -185,6 +216,7 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::transform::TrainCrop;
 
     fn error_of(edit: impl FnOnce(&mut TrainConfig)) -> String {
         let mut config = TrainConfig::builtin();
@@ -221,8 +253,8 @@ mod tests {
         assert!((back.peak_lr() - 0.256).abs() < 1e-12);
     }
 
-    /// Every file in `configs/` parses and is valid; the ImageNet recipes hold the paper's
-    /// settings.
+    /// Every file in `configs/` parses and is valid; `builtin.json` is the built-in default; the
+    /// ImageNet recipes hold the reference's command (see `configs/README.md`).
     #[test]
     fn the_shipped_configs_are_valid() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
@@ -238,33 +270,37 @@ mod tests {
                 .validate()
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let name = path.file_name().unwrap().to_string_lossy();
+            if name == "builtin.json" {
+                assert_eq!(config.to_string(), TrainConfig::builtin().to_string());
+            }
             if name.ends_with("-imagenet.json") {
                 recipes += 1;
                 assert_eq!(config.epochs, 250, "{name}");
                 assert_eq!(config.warmup_epochs, 8, "{name}");
                 assert_eq!(config.decay, LrDecay::Cosine, "{name}");
                 assert_eq!((config.momentum, config.mixup), (0.875, 0.2), "{name}");
-                assert_eq!(
-                    config.lr / config.lr_reference_batch as f64,
-                    0.001,
-                    "{name}"
-                );
+                // 8 GPUs × 64 images = 512 per step at lr 0.512, on one device by accumulating
+                // 8 passes of 64.
+                assert_eq!(config.batch_size, 64, "{name}");
+                assert_eq!(config.optimizer_batch(), 512, "{name}");
+                assert_eq!(config.peak_lr(), 0.512, "{name}");
                 assert_eq!(config.weight_decay, 3.0517578125e-05, "{name}");
                 assert_eq!(config.label_smoothing, 0.1, "{name}");
                 assert_eq!(config.model.num_classes, 1000, "{name}");
+                assert!(!config.classes_from_data, "{name}");
                 assert_eq!(
                     config.model.pedconv.is_some(),
                     name.starts_with("pedconv-"),
                     "{name}"
                 );
+                let data = &config.data;
                 assert_eq!(
-                    (
-                        config.data.train_crop,
-                        config.data.val_resize,
-                        config.data.val_crop
-                    ),
+                    (data.train_crop, data.val_resize, data.val_crop),
                     (224, 256, 224)
                 );
+                let augmentation = &data.augmentation;
+                assert_eq!(augmentation.crop, TrainCrop::random_resized(), "{name}");
+                assert!(augmentation.flip && augmentation.auto_augment, "{name}");
             }
         }
         assert_eq!(recipes, 4);
@@ -288,9 +324,18 @@ mod tests {
         assert!(error_of(step).contains("decay.milestones"));
         let mut config = TrainConfig::builtin();
         config.model.num_classes = 10;
-        assert!(config
-            .check_classes(12)
-            .unwrap_err()
-            .contains("model.num_classes"));
+        let classes = config.check_data(12, 1000).unwrap_err();
+        assert!(
+            classes.contains("model.num_classes is 10, the data has 12")
+                && classes.contains("--num-classes 12"),
+            "{classes}"
+        );
+        let config = TrainConfig::builtin().with_batch_size(1_000_000_000);
+        let batch = config.check_data(12, 3072).unwrap_err();
+        assert!(
+            batch.contains("1000000000 images") && batch.contains("3072 training images"),
+            "{batch}"
+        );
+        assert!(TrainConfig::builtin().check_data(12, 3072).is_ok());
     }
 }

@@ -56,7 +56,10 @@ struct TrainArgs {
     config: Option<PathBuf>,
     /// Continue the stopped run in this directory from its last checkpoint, with its saved
     /// configuration (only --epochs, --lr, --backend and --device may be given with it).
-    #[arg(long, conflicts_with_all = ["output", "batch_size", "seed", "data", "print_config"])]
+    #[arg(
+        long,
+        conflicts_with_all = ["output", "batch_size", "seed", "data", "num_classes", "print_config"]
+    )]
     resume: Option<PathBuf>,
     /// The run directory (config, checkpoints, metrics, report); it must not hold a run already.
     /// Default: the first free `runs/train-N`.
@@ -78,6 +81,10 @@ struct TrainArgs {
     /// Overrides the configuration's seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// The model's number of classes, checked against the data (by default it is taken from
+    /// the data when the configuration says `classes_from_data`, as the built-in one does).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    num_classes: Option<u64>,
     /// The compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Flex)]
     backend: BackendChoice,
@@ -136,6 +143,12 @@ fn train(args: TrainArgs) -> Result<(), String> {
     }
     if let Some(path) = args.data {
         config.data.source = DataSource::Folder { path };
+    }
+    if let Some(classes) = args.num_classes {
+        config.model.num_classes = classes as usize;
+        config.classes_from_data = false;
+    } else if config.classes_from_data {
+        config.model.num_classes = config.data.source.classes()?;
     }
     config
         .validate()

@@ -296,6 +296,199 @@ fn resume_continues_a_run_and_a_nan_loss_stops_it() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A copy of the run directory `from` at `to`.
+fn copy_run(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("checkpoint")).unwrap();
+    for dir in ["", "checkpoint"] {
+        for entry in std::fs::read_dir(from.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, to.join(dir).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+/// Removes the checkpoints of `epochs` and what the finished run added (the final model and
+/// the report): the run directory as a kill during the first of those epochs leaves it.
+fn forget_epochs(run: &Path, epochs: &[usize]) {
+    for epoch in epochs {
+        for part in ["model", "optim", "scheduler"] {
+            std::fs::remove_file(run.join(format!("checkpoint/{part}-{epoch}.mpk"))).unwrap();
+        }
+    }
+    std::fs::remove_file(run.join("model.mpk")).unwrap();
+    std::fs::remove_file(run.join("report.json")).unwrap();
+}
+
+/// Every epoch's training and validation metrics.
+fn epoch_metrics(run: &Path) -> Vec<(u64, serde_json::Value, serde_json::Value)> {
+    report(run)["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["epoch"].as_u64().unwrap(),
+                e["train"].clone(),
+                e["valid"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Equal per-epoch metrics (losses, accuracies, learning rate), to 1e-6 relative.
+fn assert_same_metrics(straight: &Path, resumed: &Path) {
+    let (a, b) = (epoch_metrics(straight), epoch_metrics(resumed));
+    assert_eq!(a.len(), b.len());
+    for ((epoch, train_a, valid_a), (epoch_b, train_b, valid_b)) in a.iter().zip(&b) {
+        assert_eq!(epoch, epoch_b);
+        for (x, y) in [(train_a, train_b), (valid_a, valid_b)] {
+            let (x, y) = (x.as_object().unwrap(), y.as_object().unwrap());
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+            for (name, value) in x {
+                let (u, v) = (value.as_f64().unwrap(), y[name].as_f64().unwrap());
+                assert!(
+                    (u - v).abs() <= 1e-6 * u.abs().max(v.abs()),
+                    "epoch {epoch} {name}: {u} straight, {v} resumed"
+                );
+            }
+        }
+    }
+}
+
+/// Three epochs straight, and one epoch then a resume for two more, give the same metrics and
+/// the same final model: the data order, the augmentations (mixup here) and PEDConv's noise
+/// depend on the seed and the epoch alone. A damaged last checkpoint is skipped for the one
+/// before it, with a message; with none readable, the resume stops with an error.
+#[test]
+fn resume_is_exact_and_skips_damaged_checkpoints() {
+    let dir = scratch("exact-resume");
+    let config = tiny_config(&dir);
+    edit_config(&config, |config| {
+        config["epochs"] = 3.into();
+        config["keep_checkpoints"] = 3.into();
+        config["mixup"] = 0.2.into();
+    });
+    let straight = dir.join("straight");
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        straight.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let final_model = std::fs::read(straight.join("model.mpk")).unwrap();
+
+    let resume = |name: &str, damage: &dyn Fn(&Path)| {
+        let run = dir.join(name);
+        copy_run(&straight, &run);
+        damage(&run);
+        let result = pedconv(&["train", "--resume", run.to_str().unwrap()]);
+        (run, result)
+    };
+    let (resumed, (ok, stdout, stderr)) = resume("resumed", &|run| forget_epochs(run, &[2, 3]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("resuming epochs 2-3"), "{stdout}");
+    assert_same_metrics(&straight, &resumed);
+    assert!(
+        std::fs::read(resumed.join("model.mpk")).unwrap() == final_model,
+        "the resumed run's final model differs from the straight run's"
+    );
+
+    // A truncated checkpoint of epoch 2 (a crash while it was written by an older version, a
+    // full disk): resumed from epoch 1, to the same end.
+    let truncate = |path: PathBuf| {
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    let (skipped, (ok, stdout, stderr)) = resume("skipped", &|run| {
+        forget_epochs(run, &[3]);
+        truncate(run.join("checkpoint/model-2.mpk"));
+    });
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("skipping the checkpoint of epoch 2") && stderr.contains("model-2.mpk"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("resuming from the checkpoint of epoch 1"),
+        "{stdout}"
+    );
+    assert_same_metrics(&straight, &skipped);
+    assert!(std::fs::read(skipped.join("model.mpk")).unwrap() == final_model);
+
+    let (_, (ok, _, stderr)) = resume("unreadable", &|run| {
+        forget_epochs(run, &[2, 3]);
+        truncate(run.join("checkpoint/optim-1.mpk"));
+    });
+    assert!(!ok, "nothing to resume from");
+    assert!(
+        stderr.contains("optim-1.mpk") && stderr.contains("no checkpoint in"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// With the default configuration, `--data` takes the number of classes from the folder;
+/// `--num-classes` sets it and is checked; a batch larger than the training split is refused.
+#[test]
+fn classes_come_from_the_folder_and_batches_must_fit_it() {
+    let data = image_folder("classes", 6);
+    let folder = data.to_str().unwrap();
+    let (ok, stdout, stderr) = pedconv(&["train", "--print-config", "--data", folder]);
+    assert!(ok, "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(printed["model"]["num_classes"], 2);
+
+    let output = data.join("run");
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--data",
+        folder,
+        "--output",
+        output.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "6",
+    ]);
+    assert!(ok, "{stderr}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["model"]["num_classes"], 2);
+
+    let refused = |extra: &[&str]| {
+        let output = data.join("refused");
+        let mut args = vec![
+            "train",
+            "--data",
+            folder,
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let (ok, _, stderr) = pedconv(&args);
+        assert!(!ok && !stderr.contains("panicked"), "{stderr}");
+        assert!(!output.exists(), "a refused run leaves nothing");
+        stderr
+    };
+    let classes = refused(&["--num-classes", "3"]);
+    assert!(
+        classes.contains("model.num_classes is 3, the data has 2 classes")
+            && classes.contains("--num-classes 2"),
+        "{classes}"
+    );
+    // The default batch of 64 against 12 training images.
+    let batch = refused(&[]);
+    assert!(
+        batch.contains("(64 images") && batch.contains("12 training images"),
+        "{batch}"
+    );
+}
+
 /// Two classes of stripes (horizontal, vertical) as colour PNGs, grayscale JPEGs named `.JPEG`
 /// and RGBA `.png`s, with `per_class` training and 3 validation images each.
 fn image_folder(name: &str, per_class: usize) -> PathBuf {

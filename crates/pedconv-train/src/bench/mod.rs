@@ -12,8 +12,7 @@ use burn::backend::autodiff::checkpoint::strategy::{
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{Optimizer, SgdConfig};
+use burn::optim::Optimizer;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use burn::train::{InferenceStep, TrainStep};
@@ -22,7 +21,8 @@ use pedconv::{ComputePath, PedConv2d, PedConv2dConfig};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
-use crate::data::Batch;
+use crate::config::TrainConfig;
+use crate::data::{Batch, DataConfig, DataSource};
 use crate::train::Classifier;
 use memory::{measure, Measure};
 
@@ -263,25 +263,28 @@ fn bench_network<B: Backend, C: CheckpointStrategy>(
         depth_name(depth)
     );
     B::seed(device, 0);
+    // The paper's recipe (the configuration's defaults), one pass per optimizer step.
+    let recipe = TrainConfig::new(
+        config.clone(),
+        DataConfig::new(DataSource::Synthetic {
+            train_images: batch,
+            valid_images: batch,
+            classes,
+        }),
+    )
+    .with_batch_size(batch);
     let mut model = Some(Classifier::new(
         config.init::<Autodiff<B, C>>(device),
-        0.1,
-        0.001,
-        3.0517578125e-05,
-        1,
+        &recipe,
     ));
-    let mut optimizer = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(0.875)
-                .with_dampening(0.0),
-        ))
+    let mut optimizer = recipe
+        .optimizer()
         .init::<Autodiff<B, C>, Classifier<Autodiff<B, C>>>();
     let batch_data = synthetic_batch(batch, size, classes);
     let train_step = measure(bench.reps, || {
         let current = model.take().expect("the model");
         let grads = TrainStep::step(&current, batch_data.clone()).grads;
-        model = Some(optimizer.step(0.1, current, grads));
+        model = Some(optimizer.step(recipe.peak_lr(), current, grads));
         sync::<B>(device);
     });
     let inner = model.take().expect("the model").valid();

@@ -3,7 +3,7 @@
 //! channel, for `4 · 3 = 12` classes. Every image is a pure function of its index and seed.
 
 use super::rng::Rng;
-use super::ImageSource;
+use super::sources::ImageSource;
 
 /// The number of classes of the built-in set.
 pub const CLASSES: usize = 12;

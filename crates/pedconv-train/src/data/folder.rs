@@ -16,23 +16,30 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }
 
+/// The class folders of `dir` in name order (their order numbers the classes), naming `dir` in
+/// every error.
+pub fn class_names(dir: &Path) -> Result<Vec<String>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the data folder {}: {e}", dir.display()))?;
+    let mut classes: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(format!(
+            "{} has no class folders (expected one sub-folder of images per class)",
+            dir.display()
+        ));
+    }
+    Ok(classes)
+}
+
 impl ImageFolder {
     /// Scans `dir`, naming it in every error.
     pub fn open(dir: &Path) -> Result<Self, String> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| format!("cannot read the data folder {}: {e}", dir.display()))?;
-        let mut classes: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        classes.sort();
-        if classes.is_empty() {
-            return Err(format!(
-                "{} has no class folders (expected one sub-folder of images per class)",
-                dir.display()
-            ));
-        }
+        let classes = class_names(dir)?;
         let mut items = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let class_dir = dir.join(class);
@@ -63,24 +70,33 @@ pub struct Splits {
     pub valid: ImageFolder,
 }
 
+/// `root/name`, a split folder, or an error that says what a data folder must hold.
+fn split_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
+    if !root.is_dir() {
+        return Err(format!("the data folder {} does not exist", root.display()));
+    }
+    let dir = root.join(name);
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "{} has no `{name}/` folder (expected `train/` and `val/`, each with one sub-folder \
+             per class)",
+            root.display()
+        ))
+    }
+}
+
+/// The number of classes of the data folder `root` (the class folders of `root/train`), without
+/// scanning the images.
+pub fn class_count(root: &Path) -> Result<usize, String> {
+    Ok(class_names(&split_dir(root, "train")?)?.len())
+}
+
 impl Splits {
     /// Opens `root/train` and `root/val`, and checks that they hold the same classes.
     pub fn open(root: &Path) -> Result<Self, String> {
-        if !root.is_dir() {
-            return Err(format!("the data folder {} does not exist", root.display()));
-        }
-        let split = |name: &str| {
-            let dir = root.join(name);
-            if dir.is_dir() {
-                ImageFolder::open(&dir)
-            } else {
-                Err(format!(
-                    "{} has no `{name}/` folder (expected `train/` and `val/`, each with one \
-                     sub-folder per class)",
-                    root.display()
-                ))
-            }
-        };
+        let split = |name: &str| ImageFolder::open(&split_dir(root, name)?);
         let (train, valid) = (split("train")?, split("val")?);
         if train.classes != valid.classes {
             let only = |a: &ImageFolder, b: &ImageFolder| {

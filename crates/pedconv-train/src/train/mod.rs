@@ -1,6 +1,7 @@
 //! `pedconv train`: burn-train's supervised training of a (PEDConv) ResNet.
 
 mod checkpoints;
+mod durable;
 mod objective;
 mod progress;
 
@@ -9,11 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burn::config::Config;
-use burn::data::dataloader::DataLoaderBuilder;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::SgdConfig;
-use burn::record::DefaultRecorder;
+use burn::module::Module;
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::Optimizer;
+use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::renderer::tui::TuiMetricsRendererWrapper;
@@ -21,9 +21,13 @@ use burn::train::{Interrupter, Learner, SupervisedTraining};
 
 use crate::backend::BackendJob;
 use crate::config::TrainConfig;
-use crate::data::{BadImages, ImageBatcher, Samples, Split};
+use crate::data::batcher::{BadImages, ImageBatcher};
+use crate::data::loader::EpochLoader;
+use crate::data::Split;
 use crate::schedule::Schedule;
 use checkpoints::{saved_epochs, KeepLastAndBest};
+pub use durable::write_file;
+use durable::DurableRecorder;
 pub use objective::Classifier;
 use progress::{read_journal, rewrite_journal, EpochLog, EpochRecord, LineRenderer, RunLog};
 
@@ -33,7 +37,8 @@ pub struct Training {
     /// The run directory.
     pub output: PathBuf,
     pub backend_name: String,
-    /// The epoch whose checkpoint a resumed run starts from; 0 for a new run.
+    /// The newest epoch with a complete checkpoint, which a resumed run starts from if it can
+    /// be read (else the newest readable one before it); 0 for a new run.
     pub resume_from: usize,
 }
 
@@ -68,72 +73,117 @@ fn bad_images(split: &Split, fraction: f64, interrupter: &Interrupter) -> Arc<Ba
     }))
 }
 
+/// The newest checkpoint, up to epoch `newest`, whose model, optimizer and scheduler files all
+/// load, saying which newer ones were skipped and why.
+fn newest_readable_checkpoint<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>>(
+    output: &Path,
+    newest: usize,
+    _optimizer: &O,
+    device: &B::Device,
+) -> Result<usize, String> {
+    let dir = checkpoint_dir(output);
+    let recorder = DurableRecorder::default();
+    let readable = |epoch: usize| -> Result<(), String> {
+        let file = |part: &str| dir.join(format!("{part}-{epoch}"));
+        let named = |part: &str| {
+            let path = file(part).with_extension("mpk");
+            move |e| format!("{}: {e}", path.display())
+        };
+        Recorder::<B>::load::<<Classifier<B> as Module<B>>::Record>(
+            &recorder,
+            file("model"),
+            device,
+        )
+        .map_err(named("model"))?;
+        Recorder::<B>::load::<O::Record>(&recorder, file("optim"), device)
+            .map_err(named("optim"))?;
+        Recorder::<B>::load::<<Schedule as LrScheduler>::Record<B>>(
+            &recorder,
+            file("scheduler"),
+            device,
+        )
+        .map_err(named("scheduler"))?;
+        Ok(())
+    };
+    let mut skipped = Vec::new();
+    for epoch in saved_epochs(&dir)
+        .into_iter()
+        .rev()
+        .filter(|&e| e <= newest)
+    {
+        match readable(epoch) {
+            Ok(()) => {
+                if !skipped.is_empty() {
+                    println!("resuming from the checkpoint of epoch {epoch} instead");
+                }
+                return Ok(epoch);
+            }
+            Err(reason) => {
+                eprintln!("warning: skipping the checkpoint of epoch {epoch}, which cannot be read: {reason}");
+                skipped.push(epoch);
+            }
+        }
+    }
+    Err(format!(
+        "no checkpoint in {} can be read (skipped epochs {skipped:?}); start a new run instead",
+        dir.display()
+    ))
+}
+
 fn run<B: AutodiffBackend>(job: Training, device: B::Device) -> Result<(), String> {
     let config = &job.config;
-    let resume_from = job.resume_from;
-    B::seed(&device, config.seed.wrapping_add(resume_from as u64));
     let data = config.data.open(config.seed)?;
-    config.check_classes(data.classes)?;
+    config.check_data(data.classes, data.train.source.len())?;
+    // The initialisation (replaced by the checkpoint when resuming); the training loader seeds
+    // the generator again at the start of every epoch.
+    B::seed(&device, config.seed);
+    let optimizer = config.optimizer().init();
+    let model = Classifier::new(config.model.init(&device), config);
+    let resume_from = match job.resume_from {
+        0 => 0,
+        newest => newest_readable_checkpoint(&job.output, newest, &optimizer, &device)?,
+    };
     // Only a run that can start leaves a directory behind.
     std::fs::create_dir_all(&job.output)
         .map_err(|e| format!("cannot create {}: {e}", job.output.display()))?;
-    let saved = job.output.join("config.json");
-    config
-        .save(&saved)
-        .map_err(|e| format!("cannot write {}: {e}", saved.display()))?;
+    write_file(
+        &job.output.join("config.json"),
+        config.to_string().as_bytes(),
+    )?;
     let interrupter = Interrupter::new();
     let fraction = config.data.max_bad_fraction;
     let (bad_train, bad_valid) = (
         bad_images(&data.train, fraction, &interrupter),
         bad_images(&data.valid, fraction, &interrupter),
     );
-    // One loader thread per split, so that batches come in a reproducible order; the images of a
-    // batch are decoded by the batcher's `workers` threads.
-    let workers = config.data.workers;
-    let train_len = data.train.source.len();
-    let train_loader = DataLoaderBuilder::<B, _, _>::new(ImageBatcher::new(
-        &data.train,
-        data.classes,
-        config.mixup,
-        workers,
-        bad_train.clone(),
-    )?)
-    .batch_size(config.batch_size)
-    .shuffle(config.seed.wrapping_add(resume_from as u64))
-    .num_workers(1)
-    .build(Samples::new(train_len, config.seed, resume_from as u32));
-    let valid_loader = DataLoaderBuilder::<B::InnerBackend, _, _>::new(ImageBatcher::new(
-        &data.valid,
-        data.classes,
-        0.0,
-        workers,
-        bad_valid.clone(),
-    )?)
-    .batch_size(config.batch_size)
-    .num_workers(1)
-    .build(Samples::new(data.valid.source.len(), config.seed, 0));
-
+    // The images of a batch are decoded by the batcher's `workers` threads; the loaders'
+    // orders and augmentations depend on the seed and the epoch alone.
+    let batcher = |split: &Split, mixup: f64, bad: &Arc<BadImages>| {
+        ImageBatcher::new(split, data.classes, mixup, config.data.workers, bad.clone())
+    };
+    let first_epoch = resume_from + 1;
+    let train_loader = EpochLoader::<B>::new(
+        batcher(&data.train, config.mixup, &bad_train)?,
+        config.batch_size,
+        config.seed,
+        true,
+        first_epoch,
+        device.clone(),
+    );
+    let valid_loader = EpochLoader::<B::InnerBackend>::new(
+        batcher(&data.valid, 0.0, &bad_valid)?,
+        config.batch_size,
+        config.seed,
+        false,
+        first_epoch,
+        Default::default(),
+    );
     let schedule = Schedule::new(
         config.peak_lr(),
         config.warmup_epochs,
         config.epochs,
-        train_len.div_ceil(config.batch_size),
+        data.train.source.len().div_ceil(config.batch_size),
         &config.decay,
-    );
-    let optimizer = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(config.momentum)
-                .with_dampening(0.0)
-                .with_nesterov(config.nesterov),
-        ))
-        .init();
-    let model = Classifier::new(
-        config.model.init(&device),
-        config.label_smoothing,
-        config.info_max_weight,
-        config.weight_decay,
-        config.accumulation(),
     );
 
     let journal = job.output.join("epochs.jsonl");
@@ -159,19 +209,20 @@ fn run<B: AutodiffBackend>(job: Training, device: B::Device) -> Result<(), Strin
         saved_epochs(&checkpoint_dir(&job.output)),
         log.clone(),
     );
-    let mut training = SupervisedTraining::new(&job.output, train_loader, valid_loader)
-        .metrics((
-            AccuracyMetric::new(),
-            TopKAccuracyMetric::new(top_k),
-            LossMetric::new(),
-        ))
-        .metric_train_numeric(LearningRateMetric::new())
-        .with_metric_logger(EpochLog(log.clone()))
-        .with_file_checkpointer(DefaultRecorder::new())
-        .with_checkpointing_strategy(strategy)
-        .with_interrupter(interrupter.clone())
-        .grads_accumulation(config.accumulation())
-        .num_epochs(config.epochs);
+    let mut training =
+        SupervisedTraining::new(&job.output, Arc::new(train_loader), Arc::new(valid_loader))
+            .metrics((
+                AccuracyMetric::new(),
+                TopKAccuracyMetric::new(top_k),
+                LossMetric::new(),
+            ))
+            .metric_train_numeric(LearningRateMetric::new())
+            .with_metric_logger(EpochLog(log.clone()))
+            .with_file_checkpointer(DurableRecorder::default())
+            .with_checkpointing_strategy(strategy)
+            .with_interrupter(interrupter.clone())
+            .grads_accumulation(config.accumulation())
+            .num_epochs(config.epochs);
     training = if terminal {
         training.renderer(TuiMetricsRendererWrapper::new(
             interrupter.clone(),
@@ -270,11 +321,12 @@ fn write_report(
         "config": serde_json::to_value(&job.config).unwrap_or_default(),
     });
     let path = job.output.join("report.json");
-    std::fs::write(
+    write_file(
         &path,
-        serde_json::to_string_pretty(&report).unwrap_or_default(),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        serde_json::to_string_pretty(&report)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     if let Some((epoch, top1)) = best {
         println!(
             "best validation top-1 {top1:.1}% (epoch {epoch}); report {}",

@@ -10,6 +10,7 @@ use burn::tensor::Tensor;
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use pedconv::resnet::ResNet;
 
+use crate::config::TrainConfig;
 use crate::data::Batch;
 
 /// A ResNet with its training objective.
@@ -25,19 +26,15 @@ pub struct Classifier<B: Backend> {
 }
 
 impl<B: Backend> Classifier<B> {
-    pub fn new(
-        net: ResNet<B>,
-        label_smoothing: f64,
-        info_max_weight: f64,
-        weight_decay: f64,
-        accumulation: usize,
-    ) -> Self {
+    /// `net` with the objective of `recipe` (its label smoothing, info-max weight, weight decay
+    /// and passes per optimizer step).
+    pub fn new(net: ResNet<B>, recipe: &TrainConfig) -> Self {
         Self {
             net,
-            label_smoothing,
-            info_max_weight,
-            weight_decay,
-            gradient_scale: 1.0 / accumulation as f64,
+            label_smoothing: recipe.label_smoothing,
+            info_max_weight: recipe.info_max_weight,
+            weight_decay: recipe.weight_decay,
+            gradient_scale: 1.0 / recipe.accumulation() as f64,
         }
     }
 
@@ -147,7 +144,11 @@ mod tests {
             .with_width(0.0625)
             .with_num_classes(3)
             .init(&Default::default());
-        Classifier::new(net, 0.1, 0.001, weight_decay, accumulation)
+        let recipe = TrainConfig::builtin()
+            .with_weight_decay(weight_decay)
+            .with_batch_size(8)
+            .with_optimizer_batch_size(Some(8 * accumulation));
+        Classifier::new(net, &recipe)
     }
 
     fn batch() -> Batch {

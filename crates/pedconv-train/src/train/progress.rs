@@ -3,7 +3,6 @@
 //! dashboard when it is, and the stop on a NaN loss.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,6 +16,8 @@ use burn::train::renderer::{
 };
 use burn::train::Interrupter;
 use serde::{Deserialize, Serialize};
+
+use super::durable::write_file;
 
 /// burn-train's metric names.
 pub const LOSS: &str = "Loss";
@@ -92,7 +93,7 @@ pub struct RunLog {
     epochs: usize,
     top_k: usize,
     print_lines: bool,
-    /// `epochs.jsonl`: one JSON record per finished epoch, appended as it finishes.
+    /// `epochs.jsonl`: one JSON record per finished epoch, rewritten as each finishes.
     journal: PathBuf,
     interrupter: Interrupter,
 }
@@ -186,10 +187,10 @@ impl RunLog {
                 if self.print_lines {
                     println!("{}", record.line(self.epochs, self.top_k));
                 }
-                if let Err(e) = append_json_line(&self.journal, &record) {
-                    self.stop(format!("cannot write {}: {e}", self.journal.display()));
-                }
                 self.records.push(record);
+                if let Err(e) = rewrite_journal(&self.journal, &self.records) {
+                    self.stop(e);
+                }
                 self.epoch_started = Instant::now();
             }
             Split::Test(_) => {}
@@ -202,22 +203,15 @@ fn journal_line(record: &EpochRecord) -> serde_json::Result<String> {
     serde_json::to_string(record).map(|line| line + "\n")
 }
 
-fn append_json_line(path: &PathBuf, record: &EpochRecord) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(journal_line(record)?.as_bytes())
-}
-
-/// Replaces the journal with `records` (an earlier run's, up to where it resumes).
+/// Replaces the journal with `records` (through a temporary file: a kill leaves the old
+/// journal or the new one).
 pub fn rewrite_journal(path: &Path, records: &[EpochRecord]) -> Result<(), String> {
     let text: String = records
         .iter()
         .map(journal_line)
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    write_file(path, text.as_bytes())
 }
 
 /// The records of an earlier run, up to and including `last_epoch`.
