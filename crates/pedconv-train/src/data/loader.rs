@@ -15,7 +15,7 @@ use super::batcher::{Batch, ImageBatcher, Sample};
 use super::rng::{seed_of, Rng};
 
 /// Tells the backend generator's seeds apart from the order's and the images'.
-const BACKEND_STREAM: u64 = 0x6E6F_6973_65;
+const BACKEND_STREAM: u64 = 0x006E_6F69_7365;
 
 /// Batches of a split, epoch by epoch (epochs numbered from 1, as burn-train does).
 pub struct EpochLoader<B: Backend> {

@@ -183,9 +183,8 @@ impl Augmentation {
                          (0, 1], got {scale:?}"
                     ));
                 }
-                if !(ratio[0].is_finite() && 0.0 < ratio[0] && ratio[0] <= ratio[1])
-                    || !ratio[1].is_finite()
-                {
+                let increasing = 0.0 < ratio[0] && ratio[0] <= ratio[1];
+                if !(increasing && ratio[1].is_finite()) {
                     return Err(format!(
                         "data.augmentation.crop.ratio must be increasing positive aspect ratios, \
                          got {ratio:?}"
