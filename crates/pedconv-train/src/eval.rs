@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::config::Config;
+use burn::module::Module;
+use burn::record::DefaultRecorder;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use pedconv::import::PytorchCheckpoint;
@@ -13,6 +15,7 @@ use crate::backend::BackendJob;
 use crate::config::TrainConfig;
 use crate::data::folder::ImageFolder;
 use crate::data::transform::eval_image;
+use crate::train::Classifier;
 
 /// What `eval` measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,7 +70,8 @@ pub struct Evaluation {
     pub progress: bool,
 }
 
-fn is_pytorch(path: &Path) -> bool {
+/// Whether `path` names a PyTorch checkpoint (by its extension).
+pub fn is_pytorch(path: &Path) -> bool {
     let name = path.to_string_lossy().to_ascii_lowercase();
     name.ends_with(".pth")
         || name.ends_with(".pt")
@@ -87,7 +91,7 @@ fn read_model_config(path: &Path) -> Result<ResNetConfig, String> {
 }
 
 /// The model described by `--weights` (and `--config`).
-fn load_model<B: Backend>(
+pub fn load_model<B: Backend>(
     weights: &Path,
     config: Option<&Path>,
     device: &B::Device,
@@ -115,9 +119,61 @@ fn load_model<B: Backend>(
                 weights.display()
             )
         })?;
-        let model = config.init(device).load_record(weights, device)?;
+        let model = config.init(device);
+        let model = match model.clone().load_record(weights, device) {
+            Ok(model) => model,
+            // A training checkpoint (`checkpoint/model-N.mpk`) holds the network inside the
+            // record of its training objective.
+            Err(error) => Classifier::new(model, &TrainConfig::builtin())
+                .load_file(weights.to_path_buf(), &DefaultRecorder::new(), device)
+                .map(|classifier| classifier.net)
+                .map_err(|_| error)?,
+        };
         Ok((config, model))
     }
+}
+
+/// The evaluation inputs of `paths`, decoded in parallel (torchvision's `Resize(resize)` +
+/// `CenterCrop(crop)`, normalised) and stacked on `device` (`None` if none could be read), with
+/// the positions of those that could; each unreadable image is reported on stderr.
+pub fn decode_batch<'a, B: Backend>(
+    paths: impl Iterator<Item = &'a Path>,
+    resize: u32,
+    crop: u32,
+    device: &B::Device,
+) -> (Option<Tensor<B, 4>>, Vec<usize>) {
+    let paths: Vec<&Path> = paths.collect();
+    let decoded: Vec<Result<Vec<f32>, String>> = paths
+        .par_iter()
+        .map(|path| eval_image(path, resize, crop))
+        .collect();
+    let mut pixels = Vec::with_capacity(paths.len() * 3 * (crop * crop) as usize);
+    let mut read = Vec::with_capacity(paths.len());
+    for (position, item) in decoded.into_iter().enumerate() {
+        match item {
+            Ok(values) => {
+                pixels.extend(values);
+                read.push(position);
+            }
+            Err(message) => eprintln!("warning: skipped an unreadable image: {message}"),
+        }
+    }
+    if read.is_empty() {
+        return (None, read);
+    }
+    let shape = [read.len(), 3, crop as usize, crop as usize];
+    let input = Tensor::from_data(TensorData::new(pixels, shape), device);
+    (Some(input), read)
+}
+
+/// The model's logits for `input`, row-major `[batch, classes]` in f32.
+pub fn logits_of<B: Backend>(model: &ResNet<B>, input: Tensor<B, 4>) -> Result<Vec<f32>, String> {
+    model
+        .forward(input)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))
 }
 
 impl BackendJob for Evaluation {
@@ -135,42 +191,26 @@ impl BackendJob for Evaluation {
         let total = self.folder.items.len();
         let (mut top1, mut top5, mut loss, mut images, mut skipped) =
             (0usize, 0usize, 0.0f64, 0usize, 0usize);
-        let plane = 3 * (self.crop * self.crop) as usize;
         for (index, chunk) in self.folder.items.chunks(self.batch_size).enumerate() {
-            let decoded: Vec<Result<(Vec<f32>, usize), String>> = chunk
-                .par_iter()
-                .map(|(path, label)| eval_image(path, self.resize, self.crop).map(|v| (v, *label)))
-                .collect();
-            let mut pixels = Vec::with_capacity(chunk.len() * plane);
-            let mut labels = Vec::with_capacity(chunk.len());
-            for item in decoded {
-                match item {
-                    Ok((values, label)) => {
-                        pixels.extend(values);
-                        labels.push(label);
-                    }
-                    Err(message) => {
-                        skipped += 1;
-                        eprintln!("warning: skipped an unreadable image: {message}");
-                    }
-                }
-            }
+            let (input, read) = decode_batch::<B>(
+                chunk.iter().map(|(path, _)| path.as_path()),
+                self.resize,
+                self.crop,
+                &device,
+            );
+            skipped += chunk.len() - read.len();
+            let labels: Vec<usize> = read.iter().map(|&i| chunk[i].1).collect();
             if skipped as f64 > self.max_bad_fraction * total as f64 {
                 return Err(format!(
                     "{skipped} of {total} images could not be read, more than the allowed fraction {}",
                     self.max_bad_fraction
                 ));
             }
-            if labels.is_empty() {
+            let Some(input) = input else {
                 continue;
-            }
+            };
             let batch = labels.len();
-            let input = Tensor::<B, 4>::from_data(
-                TensorData::new(pixels, [batch, 3, self.crop as usize, self.crop as usize]),
-                &device,
-            );
-            let logits = model.forward(input).into_data().convert::<f32>();
-            let logits = logits.to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+            let logits = logits_of(&model, input)?;
             for (row, &label) in logits.chunks(config.num_classes).zip(&labels) {
                 let score = Score::of(row, label);
                 loss += score.loss;

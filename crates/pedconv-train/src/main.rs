@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod data;
 mod eval;
+mod predict;
 mod schedule;
 mod train;
 
@@ -22,6 +23,7 @@ use data::folder::ImageFolder;
 use data::DataSource;
 use eval::Evaluation;
 use pedconv::resnet::ResNetDepth;
+use predict::{image_files, Predict};
 use train::{last_checkpoint, Training};
 
 #[derive(Parser)]
@@ -41,6 +43,8 @@ enum Command {
     Train(TrainArgs),
     /// Top-1, top-5 and loss of a model on the validation images of a folder.
     Eval(EvalArgs),
+    /// The most probable classes of a model for image files (or the images in folders).
+    Predict(PredictArgs),
     /// Time and peak memory of PEDConv against static convolutions, per layer and whole network.
     Bench(BenchArgs),
 }
@@ -294,6 +298,72 @@ fn eval(args: EvalArgs) -> Result<(), String> {
 }
 
 #[derive(clap::Args)]
+struct PredictArgs {
+    /// The image files, or folders searched recursively for `.jpg`, `.jpeg` and `.png` files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The weights: a PyTorch checkpoint (.pth, .pth.tar, .pt) or a burn record (.mpk, with
+    /// --config), as for `eval`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// The model's ResNetConfig (JSON) or a training run's config.json; needed for burn records.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How many classes to show per image, the most probable first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    top: u64,
+    /// One JSON object per line, `{"path", "top": [{"class", "name", "probability"}]}`.
+    #[arg(long)]
+    json: bool,
+    /// The compute backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Flex)]
+    backend: BackendChoice,
+    /// The GPU index, for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+    /// The shorter side is resized to this before the centre crop.
+    #[arg(long, default_value_t = 256)]
+    resize: u32,
+    /// The centre crop's side.
+    #[arg(long, default_value_t = 224)]
+    crop: u32,
+}
+
+fn predict(args: PredictArgs) -> Result<(), String> {
+    if args.crop == 0 || args.resize < args.crop {
+        return Err(format!(
+            "--crop must be positive and --resize ({}) at least --crop ({})",
+            args.resize, args.crop
+        ));
+    }
+    let images = image_files(&args.paths)?;
+    let total = images.len();
+    let unreadable = dispatch(
+        args.backend,
+        args.device,
+        Predict {
+            weights: args.weights,
+            config: args.config,
+            images,
+            top: args.top as usize,
+            batch_size: args.batch_size as usize,
+            resize: args.resize,
+            crop: args.crop,
+            json: args.json,
+        },
+    )?;
+    match unreadable {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} of {total} images could not be read (named above) and were skipped"
+        )),
+    }
+}
+
+#[derive(clap::Args)]
 struct BenchArgs {
     /// The compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Flex)]
@@ -405,6 +475,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Predict(args) => predict(args),
         Command::Bench(args) => bench(args),
     };
     match result {

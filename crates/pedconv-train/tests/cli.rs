@@ -724,6 +724,79 @@ fn synthetic_source_with_accumulation_and_step_decay() {
     assert!(report["images_per_second"].as_f64().unwrap() > 0.0);
 }
 
+/// `predict` names the classes a training run recorded (from the run directory or above its
+/// `checkpoint/`), prints JSON lines or a table, numbers the classes of a PyTorch checkpoint that
+/// is not ImageNet's, and names and skips an unreadable image, failing at the end.
+#[test]
+fn predict_names_classes_and_skips_unreadable_images() {
+    let data = image_folder("predict", 8);
+    let config = folder_config(&data, &data);
+    let run = data.join("run");
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    let names: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(run.join("classes.json")).unwrap()).unwrap();
+    assert_eq!(names, ["horizontal", "vertical"]);
+
+    let val = data.join("val");
+    let small = ["--resize", "20", "--crop", "16"];
+    for weights in ["model.mpk", "checkpoint/model-1.mpk"] {
+        let weights = run.join(weights);
+        let config = run.join("config.json");
+        let mut args = vec![
+            "predict",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            val.to_str().unwrap(),
+        ];
+        args.extend(small);
+        let (ok, stdout, stderr) = pedconv(&args);
+        assert!(ok, "{stderr}");
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 6, "{stdout}");
+        for line in &lines {
+            let top = line["top"].as_array().unwrap();
+            assert_eq!(top.len(), 2, "two classes: {line}");
+            let class = top[0]["class"].as_u64().unwrap() as usize;
+            assert_eq!(top[0]["name"], names[class].as_str());
+            let sum: f64 = top.iter().map(|t| t["probability"].as_f64().unwrap()).sum();
+            assert!((sum - 1.0).abs() < 1e-6, "{line}");
+        }
+    }
+
+    std::fs::write(val.join("vertical/broken.png"), b"not a png").unwrap();
+    let weights = golden_checkpoint();
+    let mut args = vec!["predict", "--weights", weights.to_str().unwrap(), "--top", "3"];
+    args.extend(small);
+    args.push(val.to_str().unwrap());
+    let (ok, stdout, stderr) = pedconv(&args);
+    assert!(!ok, "an unreadable image fails the run");
+    assert!(stderr.contains("broken.png"), "{stderr}");
+    assert!(stderr.contains("1 of 7 images could not be read"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // A table: each image's path, then three classes, by number (the checkpoint's 10 classes
+    // have no names).
+    assert_eq!(stdout.lines().count(), 6 * 4, "{stdout}");
+    assert!(stdout.contains("/0.png\n"), "{stdout}");
+
+    let (ok, _, stderr) = pedconv(&["predict", "--weights", weights.to_str().unwrap(), "nowhere"]);
+    assert!(!ok && stderr.contains("nowhere does not exist"), "{stderr}");
+}
+
 /// `bench` writes its JSON and markdown with a static baseline for every layer and network.
 #[test]
 fn bench_reports_layers_and_networks_with_ratios() {

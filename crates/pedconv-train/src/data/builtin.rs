@@ -8,6 +8,18 @@ use super::sources::ImageSource;
 /// The number of classes of the built-in set.
 pub const CLASSES: usize = 12;
 
+/// The stripes' orientations, in class order (`label % 4`).
+const ORIENTATIONS: [&str; 4] = ["vertical", "diagonal", "horizontal", "antidiagonal"];
+/// The dominant channels, in class order (`label / 4`).
+const COLOURS: [&str; 3] = ["red", "green", "blue"];
+
+/// The classes' names, such as `red vertical`, in label order.
+pub fn class_names() -> Vec<String> {
+    (0..CLASSES)
+        .map(|label| format!("{} {}", COLOURS[label / 4], ORIENTATIONS[label % 4]))
+        .collect()
+}
+
 /// `len` images of `size × size`, drawn with `seed` (use different seeds for training and
 /// validation).
 #[derive(Debug, Clone)]

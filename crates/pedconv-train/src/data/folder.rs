@@ -10,7 +10,8 @@ pub struct ImageFolder {
     pub items: Vec<(PathBuf, usize)>,
 }
 
-fn is_image(path: &Path) -> bool {
+/// Whether `path` has an image extension that `eval`, `train` and `predict` read.
+pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))

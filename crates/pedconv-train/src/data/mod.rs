@@ -96,11 +96,12 @@ pub struct Split {
     pub name: String,
 }
 
-/// Both splits and the number of classes.
+/// Both splits, the number of classes and their names (none for synthetic images).
 pub struct Data {
     pub train: Split,
     pub valid: Split,
     pub classes: usize,
+    pub class_names: Option<Vec<String>>,
 }
 
 impl DataConfig {
@@ -132,10 +133,12 @@ impl DataConfig {
                     name: "the built-in validation images".into(),
                 },
                 classes: builtin::CLASSES,
+                class_names: Some(builtin::class_names()),
             },
             DataSource::Folder { path } => {
                 let splits = Splits::open(path)?;
                 let classes = splits.train.classes.len();
+                let class_names = Some(splits.train.classes.clone());
                 Data {
                     train: Split {
                         source: Arc::new(FolderImages {
@@ -160,6 +163,7 @@ impl DataConfig {
                         name: path.join("val").display().to_string(),
                     },
                     classes,
+                    class_names,
                 }
             }
             DataSource::Synthetic {
@@ -191,6 +195,7 @@ impl DataConfig {
                         "the synthetic validation images",
                     ),
                     classes: *classes,
+                    class_names: None,
                 }
             }
         })

@@ -24,6 +24,7 @@ use crate::config::TrainConfig;
 use crate::data::batcher::{BadImages, ImageBatcher};
 use crate::data::loader::EpochLoader;
 use crate::data::Split;
+use crate::predict::CLASS_NAMES_FILE;
 use crate::schedule::Schedule;
 use checkpoints::{saved_epochs, KeepLastAndBest};
 pub use durable::write_file;
@@ -150,6 +151,10 @@ fn run<B: AutodiffBackend>(job: Training, device: B::Device) -> Result<(), Strin
         &job.output.join("config.json"),
         config.to_string().as_bytes(),
     )?;
+    if let Some(names) = &data.class_names {
+        let names = serde_json::to_string_pretty(names).unwrap_or_default();
+        write_file(&job.output.join(CLASS_NAMES_FILE), names.as_bytes())?;
+    }
     let interrupter = Interrupter::new();
     let fraction = config.data.max_bad_fraction;
     let (bad_train, bad_valid) = (
