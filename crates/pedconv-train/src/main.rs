@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod data;
 mod eval;
+mod export;
 mod predict;
 mod schedule;
 mod train;
@@ -22,6 +23,7 @@ use config::TrainConfig;
 use data::folder::ImageFolder;
 use data::DataSource;
 use eval::Evaluation;
+use export::Export;
 use pedconv::resnet::ResNetDepth;
 use predict::{image_files, Predict};
 use train::{last_checkpoint, Training};
@@ -47,6 +49,8 @@ enum Command {
     Predict(PredictArgs),
     /// Time and peak memory of PEDConv against static convolutions, per layer and whole network.
     Bench(BenchArgs),
+    /// Write a model as an ONNX file (opset 17; dynamic batch and image size) for other runtimes.
+    Export(ExportArgs),
 }
 
 /// Counts the heap, for `bench`'s peak memory.
@@ -242,6 +246,10 @@ struct EvalArgs {
     /// Print the result as one JSON object `{"top1", "top5", "loss", "images"}` (percentages).
     #[arg(long)]
     json: bool,
+    /// Keep the batch norms (by default they are folded into the convolutions: the same
+    /// logits up to rounding, faster).
+    #[arg(long)]
+    no_fold: bool,
 }
 
 fn eval(args: EvalArgs) -> Result<(), String> {
@@ -270,6 +278,7 @@ fn eval(args: EvalArgs) -> Result<(), String> {
             crop: args.crop,
             max_bad_fraction: args.max_bad_fraction,
             progress: !args.json,
+            fold: !args.no_fold,
         },
     )?;
     if args.json {
@@ -330,6 +339,9 @@ struct PredictArgs {
     /// The centre crop's side.
     #[arg(long, default_value_t = 224)]
     crop: u32,
+    /// Keep the batch norms (by default they are folded into the convolutions).
+    #[arg(long)]
+    no_fold: bool,
 }
 
 fn predict(args: PredictArgs) -> Result<(), String> {
@@ -353,6 +365,7 @@ fn predict(args: PredictArgs) -> Result<(), String> {
             resize: args.resize,
             crop: args.crop,
             json: args.json,
+            fold: !args.no_fold,
         },
     )?;
     match unreadable {
@@ -461,6 +474,41 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The weights: a PyTorch checkpoint (.pth, .pth.tar, .pt) or a burn record (.mpk, with
+    /// --config), as for `eval`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// The model's ResNetConfig (JSON) or a training run's config.json; needed for burn records.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The ONNX file to write.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Keep the batch norms as BatchNormalization nodes (by default they are folded into the
+    /// convolutions).
+    #[arg(long)]
+    no_fold: bool,
+}
+
+fn export(args: ExportArgs) -> Result<(), String> {
+    let job = Export {
+        weights: args.weights,
+        config: args.config,
+        onnx: args.onnx.clone(),
+        fold: !args.no_fold,
+    };
+    let exported = dispatch(BackendChoice::Flex, 0, job)?;
+    println!(
+        "wrote {} ({} nodes, {:.1} MB)",
+        args.onnx.display(),
+        exported.nodes,
+        exported.bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
 /// The first `runs/<kind>-N` that does not exist.
 fn free_run_dir(kind: &str) -> PathBuf {
     (1..)
@@ -477,6 +525,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
         Command::Bench(args) => bench(args),
+        Command::Export(args) => export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

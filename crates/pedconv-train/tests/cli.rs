@@ -55,20 +55,37 @@ fn pedconv(args: &[&str]) -> (bool, String, String) {
 fn eval_prints_one_json_object() {
     let data = mixed_folder("eval-json");
     let weights = golden_checkpoint();
-    let (ok, stdout, stderr) = pedconv(&[
-        "eval",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-        "--batch-size",
-        "2",
-        "--max-bad-fraction",
-        "0.5",
-    ]);
-    assert!(ok, "{stderr}");
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+            "--batch-size",
+            "2",
+            "--max-bad-fraction",
+            "0.5",
+        ];
+        args.extend(extra);
+        let (ok, stdout, stderr) = pedconv(&args);
+        assert!(ok, "{stderr}");
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.trim()).expect("one JSON object");
+        (report, stderr)
+    };
+    let (report, stderr) = eval(&[]);
+    // Folded batch norms (the default) and kept ones: the same loss up to float32 rounding.
+    let (unfolded, _) = eval(&["--no-fold"]);
+    let (loss, loss_unfolded) = (
+        report["loss"].as_f64().unwrap(),
+        unfolded["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (loss - loss_unfolded).abs() <= 1e-5 * loss.abs(),
+        "{report} {unfolded}"
+    );
     assert_eq!(report["images"], 3, "{report}");
     for key in ["top1", "top5"] {
         let value = report[key].as_f64().unwrap();
@@ -780,13 +797,22 @@ fn predict_names_classes_and_skips_unreadable_images() {
 
     std::fs::write(val.join("vertical/broken.png"), b"not a png").unwrap();
     let weights = golden_checkpoint();
-    let mut args = vec!["predict", "--weights", weights.to_str().unwrap(), "--top", "3"];
+    let mut args = vec![
+        "predict",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--top",
+        "3",
+    ];
     args.extend(small);
     args.push(val.to_str().unwrap());
     let (ok, stdout, stderr) = pedconv(&args);
     assert!(!ok, "an unreadable image fails the run");
     assert!(stderr.contains("broken.png"), "{stderr}");
-    assert!(stderr.contains("1 of 7 images could not be read"), "{stderr}");
+    assert!(
+        stderr.contains("1 of 7 images could not be read"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     // A table: each image's path, then three classes, by number (the checkpoint's 10 classes
     // have no names).

@@ -1,6 +1,7 @@
 //! ResNet-18/34/50/101/152 and ResNet-50d, static or with PEDConv where the paper's code puts it.
 
 mod config;
+mod fold;
 mod model;
 mod plan;
 mod pytorch;

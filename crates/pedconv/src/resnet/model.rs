@@ -22,6 +22,14 @@ use crate::pedconv2d::PedConv2d;
 /// for an inference forward.
 type Losses<'a, B> = Option<&'a mut Vec<Tensor<B, 1>>>;
 
+/// `bn(x)`, or `x` where the batch norm has been folded into the convolution before it.
+fn normalise<B: Backend>(bn: &Option<BatchNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match bn {
+        Some(bn) => bn.forward(x),
+        None => x,
+    }
+}
+
 /// A block convolution: static, or PEDConv.
 // A layer is built once and held by the model: the size difference of the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -55,14 +63,14 @@ pub struct Downsample<B: Backend> {
     pub pool: Option<AvgPool2d>,
     /// The 1×1 convolution.
     pub conv: Conv2d<B>,
-    /// Its batch norm.
-    pub bn: BatchNorm<B>,
+    /// Its batch norm (`None` once folded into the convolution).
+    pub bn: Option<BatchNorm<B>>,
 }
 
 impl<B: Backend> Downsample<B> {
     /// `bn(conv(pool(x)))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.convolve(x))
+        normalise(&self.bn, self.convolve(x))
     }
 
     /// `conv(pool(x))`. The convolution samples its input, then runs at stride 1 (the same
@@ -89,12 +97,12 @@ impl<B: Backend> Downsample<B> {
 pub struct Block<B: Backend> {
     /// First convolution.
     pub conv1: ConvLayer<B>,
-    /// Its batch norm.
-    pub bn1: BatchNorm<B>,
+    /// Its batch norm (`None` once folded, as every batch norm here).
+    pub bn1: Option<BatchNorm<B>>,
     /// Second convolution.
     pub conv2: ConvLayer<B>,
     /// Its batch norm.
-    pub bn2: BatchNorm<B>,
+    pub bn2: Option<BatchNorm<B>>,
     /// The bottleneck's third convolution.
     pub conv3: Option<ConvLayer<B>>,
     /// Its batch norm.
@@ -109,15 +117,13 @@ impl<B: Backend> Block<B> {
             Some(downsample) => downsample.forward(x.clone()),
             None => x.clone(),
         };
-        let y = relu(
-            self.bn1
-                .forward(self.conv1.forward(x, losses.as_deref_mut())),
-        );
-        let mut y = self
-            .bn2
-            .forward(self.conv2.forward(y, losses.as_deref_mut()));
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            y = bn3.forward(conv3.forward(relu(y), losses));
+        let y = relu(normalise(
+            &self.bn1,
+            self.conv1.forward(x, losses.as_deref_mut()),
+        ));
+        let mut y = normalise(&self.bn2, self.conv2.forward(y, losses.as_deref_mut()));
+        if let Some(conv3) = &self.conv3 {
+            y = normalise(&self.bn3, conv3.forward(relu(y), losses));
         }
         relu(y + shortcut)
     }
@@ -128,8 +134,9 @@ impl<B: Backend> Block<B> {
 pub struct ResNet<B: Backend> {
     /// Stem convolution (7×7, or the first 3×3 of the "d" stem).
     pub conv1: Conv2d<B>,
-    /// Its batch norm.
-    pub bn1: BatchNorm<B>,
+    /// Its batch norm (`None` once folded, as every batch norm here: see
+    /// [`fold_batch_norms`](Self::fold_batch_norms)).
+    pub bn1: Option<BatchNorm<B>>,
     /// The "d" stem's second convolution.
     pub conv2: Option<Conv2d<B>>,
     /// Its batch norm.
@@ -219,12 +226,10 @@ impl<B: Backend> ResNet<B> {
     }
 
     fn run(&self, images: Tensor<B, 4>, mut losses: Losses<'_, B>) -> Tensor<B, 2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(images)));
-        if let (Some(conv2), Some(bn2), Some(conv3), Some(bn3)) =
-            (&self.conv2, &self.bn2, &self.conv3, &self.bn3)
-        {
-            x = relu(bn2.forward(conv2.forward(x)));
-            x = relu(bn3.forward(conv3.forward(x)));
+        let mut x = relu(normalise(&self.bn1, self.conv1.forward(images)));
+        if let (Some(conv2), Some(conv3)) = (&self.conv2, &self.conv3) {
+            x = relu(normalise(&self.bn2, conv2.forward(x)));
+            x = relu(normalise(&self.bn3, conv3.forward(x)));
         }
         x = self.maxpool.forward(x);
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
@@ -248,13 +253,13 @@ impl ResNetConfig {
             panic!("invalid ResNetConfig: {error}");
         }
         let plan = self.plan();
-        let stem: Vec<(Conv2d<B>, BatchNorm<B>)> = plan
+        let stem: Vec<(Conv2d<B>, Option<BatchNorm<B>>)> = plan
             .stem
             .iter()
             .map(|spec| {
                 (
                     self.static_conv(*spec, device),
-                    self.batch_norm(spec.channels[1], false, device),
+                    Some(self.batch_norm(spec.channels[1], false, device)),
                 )
             })
             .collect();
@@ -262,6 +267,7 @@ impl ResNetConfig {
         let (conv1, bn1) = stem.next().expect("a stem convolution");
         let (conv2, bn2) = stem.next().unzip();
         let (conv3, bn3) = stem.next().unzip();
+        let (bn2, bn3) = (bn2.flatten(), bn3.flatten());
         let mut stages = plan.stages.iter().map(|blocks| {
             blocks
                 .iter()
@@ -333,12 +339,13 @@ impl ResNetConfig {
         let mut layers = plan.convs.iter().enumerate().map(|(index, spec)| {
             (
                 self.conv_layer(*spec, device),
-                self.batch_norm(spec.channels[1], index + 1 == count, device),
+                Some(self.batch_norm(spec.channels[1], index + 1 == count, device)),
             )
         });
         let (conv1, bn1) = layers.next().expect("two block convolutions");
         let (conv2, bn2) = layers.next().expect("two block convolutions");
         let (conv3, bn3) = layers.next().unzip();
+        let bn3 = bn3.flatten();
         let downsample = plan.shortcut.map(|spec| Downsample {
             pool: (self.variant == ResNetVariant::D && plan.stride > 1).then(|| {
                 AvgPool2dConfig::new([plan.stride, plan.stride])
@@ -347,7 +354,7 @@ impl ResNetConfig {
                     .init()
             }),
             conv: self.static_conv(spec, device),
-            bn: self.batch_norm(spec.channels[1], false, device),
+            bn: Some(self.batch_norm(spec.channels[1], false, device)),
         });
         Block {
             conv1,

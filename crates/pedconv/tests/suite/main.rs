@@ -4,6 +4,7 @@
 mod common;
 
 mod config_and_accounting;
+mod fold;
 mod golden_parity;
 mod paths_and_identities;
 mod resnet;
