@@ -133,7 +133,9 @@ impl TrainConfig {
 
     /// Checks the values, naming the first wrong one.
     pub fn validate(&self) -> Result<(), String> {
-        self.model.validate()?;
+        self.model
+            .validate()
+            .map_err(|error| format!("model: {error}"))?;
         self.data.validate()?;
         let positive = [
             ("epochs", self.epochs),

@@ -129,7 +129,7 @@ pub fn load_model<B: Backend>(
             Err(error) => Classifier::new(model, &TrainConfig::builtin())
                 .load_file(weights.to_path_buf(), &DefaultRecorder::new(), device)
                 .map(|classifier| classifier.net)
-                .map_err(|_| error)?,
+                .map_err(|_| error.to_string())?,
         };
         Ok((config, model))
     }

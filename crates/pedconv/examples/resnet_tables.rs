@@ -53,7 +53,7 @@ fn main() {
             .with_num_classes(classes)
             .with_width(width);
         if let Err(error) = static_config.validate() {
-            fail(&error);
+            fail(&error.to_string());
         }
         for (label, config) in [
             (name.to_string(), static_config.clone()),

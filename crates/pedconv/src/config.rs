@@ -1,14 +1,13 @@
 //! [`PedConv2dConfig`]: the hyper-parameters of a PEDConv layer, their validation, and the
 //! choice of compute path.
 
-use core::fmt;
-
 use burn::config::Config;
 use burn::module::Initializer;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 
 use crate::paths;
+use crate::Error;
 
 /// How [`PedConv2d`](crate::PedConv2d) applies its per-sample kernel. Every path computes the same
 /// function (the tests check outputs and gradients against each other and against the reference);
@@ -118,27 +117,16 @@ pub struct PedConv2dConfig {
     pub initializer: Initializer,
 }
 
-/// Why a [`PedConv2dConfig`] cannot build a layer. The message names the field and its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PedConvConfigError {
-    message: String,
-}
-
-impl fmt::Display for PedConvConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid PedConv2dConfig: {}", self.message)
-    }
-}
-
-impl std::error::Error for PedConvConfigError {}
-
-fn invalid(message: String) -> Result<(), PedConvConfigError> {
-    Err(PedConvConfigError { message })
+fn invalid(message: String) -> Result<(), Error> {
+    Err(Error::Config {
+        config: "PedConv2dConfig",
+        message,
+    })
 }
 
 impl PedConv2dConfig {
     /// Checks every value that does not depend on the input size.
-    pub fn validate(&self) -> Result<(), PedConvConfigError> {
+    pub fn validate(&self) -> Result<(), Error> {
         let [channels_in, channels_out] = self.channels;
         for (name, values) in [
             ("channels", self.channels),

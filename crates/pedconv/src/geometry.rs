@@ -2,6 +2,8 @@
 
 use burn::nn::PaddingConfig2d;
 
+use crate::Error;
+
 /// The spatial layout of one convolution on one input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
@@ -23,7 +25,7 @@ impl ConvGeometry {
         stride: [usize; 2],
         dilation: [usize; 2],
         padding: &PaddingConfig2d,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let mut padding_start = [0; 2];
         let mut padding_end = [0; 2];
         let mut output_size = [0; 2];
@@ -40,13 +42,13 @@ impl ConvGeometry {
             let padded = input_size[axis] + start + end;
             let extent = dilation[axis] * (kernel_size[axis] - 1) + 1;
             if extent > padded {
-                return Err(format!(
+                return Err(Error::Shape(format!(
                     "the dilated kernel (size {kernel_size:?}, dilation {dilation:?}) spans \
                      {extent} along {}, more than the padded input ({} + {start} + {end} = {padded}) \
                      of input size {input_size:?}",
                     ["height", "width"][axis],
                     input_size[axis]
-                ));
+                )));
             }
             padding_start[axis] = start;
             padding_end[axis] = end;

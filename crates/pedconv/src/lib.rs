@@ -31,19 +31,24 @@
 //! [`ComputePath`]); on any other backend autodiff differentiates the same computation. `flex`
 //! also builds the factorized path's fused CPU loops for burn's flex backend.
 //!
-//! [`resnet`] builds the paper's ResNets, static or with PEDConv. The crate's `examples/` show a model of one's own that swaps a `Conv2d` for a `PedConv2d`.
+//! [`resnet`] builds the paper's ResNets, static or with PEDConv; with the `onnx` feature, `onnx`
+//! exports them as ONNX models (opset 17) for other runtimes. The crate's `examples/` show a model of one's own that swaps a `Conv2d` for a `PedConv2d`.
 
 mod accounting;
 mod attention;
 mod config;
+mod error;
 mod geometry;
 pub mod import;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 mod paths;
 mod pedconv2d;
 pub mod resnet;
 
 pub use accounting::{MacCounts, ParameterCounts};
 pub use attention::{Attention, AttentionFactors, AttentionNoise, AttentionSizes, InfoMaxDecoder};
-pub use config::{ComputePath, PedConv2dConfig, PedConvConfigError};
+pub use config::{ComputePath, PedConv2dConfig};
+pub use error::Error;
 pub use geometry::ConvGeometry;
 pub use pedconv2d::{PedConv2d, PedConvOutput};

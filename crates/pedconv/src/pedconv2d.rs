@@ -6,9 +6,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::attention::{Attention, AttentionFactors, AttentionNoise, AttentionSizes};
-use crate::config::{ComputePath, PedConv2dConfig, PedConvConfigError};
+use crate::config::{ComputePath, PedConv2dConfig};
 use crate::geometry::ConvGeometry;
 use crate::paths::{self, ConvLayout, StaticConv};
+use crate::Error;
 
 /// A parameter-efficient dynamic convolution (PEDConv): a 2-D convolution whose kernel is, for
 /// each sample `b`, the shared base weight rescaled element by element by a rank-`r` CP product
@@ -62,10 +63,7 @@ pub struct PedConvOutput<B: Backend> {
 
 impl PedConv2dConfig {
     /// Builds the layer, or says which value of the configuration is invalid.
-    pub fn try_init<B: Backend>(
-        &self,
-        device: &B::Device,
-    ) -> Result<PedConv2d<B>, PedConvConfigError> {
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<PedConv2d<B>, Error> {
         self.validate()?;
         let [channels_in, channels_out] = self.channels;
         let [kh, kw] = self.kernel_size;

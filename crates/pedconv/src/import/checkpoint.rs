@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{bf16, f16, TensorData};
 
 use super::pickle::{unpickle, TensorRef, Value};
+use crate::Error;
 
 /// Why a checkpoint could not be imported. Every variant names the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +78,13 @@ pub struct PytorchCheckpoint {
 }
 
 impl PytorchCheckpoint {
-    /// Reads every tensor of the file's `state_dict`.
-    pub fn read(path: impl AsRef<Path>) -> Result<Self, ImportError> {
-        let path = path.as_ref().to_path_buf();
+    /// Reads every tensor of the file's `state_dict`; the error is an [`Error::Import`].
+    pub fn read(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::read_file(path.as_ref()).map_err(Error::Import)
+    }
+
+    fn read_file(path: &Path) -> Result<Self, ImportError> {
+        let path = path.to_path_buf();
         let format = |message: String| ImportError::Format {
             path: path.clone(),
             message,

@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::module::Initializer;
 
 use crate::config::{ComputePath, PedConv2dConfig};
+use crate::Error;
 
 /// The depth of a ResNet: basic blocks for 18 and 34, bottlenecks for 50, 101 and 152.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -195,18 +196,23 @@ impl ResNetConfig {
     }
 
     /// Checks the values that do not depend on the input.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |message: String| {
+            Err(Error::Config {
+                config: "ResNetConfig",
+                message,
+            })
+        };
         if !(self.width.is_finite() && self.width > 0.0) {
-            return Err(format!("width must be positive, got {}", self.width));
+            return invalid(format!("width must be positive, got {}", self.width));
         }
         if self.num_classes == 0 {
-            return Err("num_classes must be positive, got 0".to_string());
+            return invalid("num_classes must be positive, got 0".to_string());
         }
         if let Some(settings) = &self.pedconv {
             settings
                 .layer([self.scaled(64); 2], 3, 1, self.conv_init)
-                .validate()
-                .map_err(|error| error.to_string())?;
+                .validate()?;
         }
         Ok(())
     }

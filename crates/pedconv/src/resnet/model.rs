@@ -17,6 +17,7 @@ use super::config::{ResNetConfig, ResNetVariant};
 use super::plan::{BlockPlan, ConvSpec};
 use crate::paths::subsample;
 use crate::pedconv2d::PedConv2d;
+use crate::Error;
 
 /// Where a training forward collects the info-max losses of the dynamic convolutions; `None`
 /// for an inference forward.
@@ -206,11 +207,11 @@ impl<B: Backend> ResNet<B> {
 
     /// Saves the weights and batch-norm statistics in burn's record format at full precision
     /// (`DefaultRecorder`; the file gets the `.mpk` extension).
-    pub fn save_record(&self, path: impl Into<std::path::PathBuf>) -> Result<(), String> {
+    pub fn save_record(&self, path: impl Into<std::path::PathBuf>) -> Result<(), Error> {
         let path = path.into();
         self.clone()
             .save_file(path.clone(), &DefaultRecorder::new())
-            .map_err(|error| format!("cannot save {}: {error}", path.display()))
+            .map_err(|error| Error::io(path.with_extension("mpk"), error))
     }
 
     /// Loads weights saved by [`save_record`](Self::save_record) into this model, which must have
@@ -219,10 +220,10 @@ impl<B: Backend> ResNet<B> {
         self,
         path: impl Into<std::path::PathBuf>,
         device: &B::Device,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let path = path.into();
         self.load_file(path.clone(), &DefaultRecorder::new(), device)
-            .map_err(|error| format!("cannot load {}: {error}", path.display()))
+            .map_err(|error| Error::io(path, error))
     }
 
     fn run(&self, images: Tensor<B, 4>, mut losses: Losses<'_, B>) -> Tensor<B, 2> {
@@ -247,11 +248,16 @@ impl ResNetConfig {
     /// Builds the network.
     ///
     /// # Panics
-    /// When the configuration is invalid (see [`validate`](Self::validate)), naming the value.
+    /// When the configuration is invalid, with the message of [`try_init`](Self::try_init).
     pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
-        if let Err(error) = self.validate() {
-            panic!("invalid ResNetConfig: {error}");
-        }
+        self.try_init(device)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// Builds the network, or says which value of the configuration is invalid (see
+    /// [`validate`](Self::validate)).
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<ResNet<B>, Error> {
+        self.validate()?;
         let plan = self.plan();
         let stem: Vec<(Conv2d<B>, Option<BatchNorm<B>>)> = plan
             .stem
@@ -276,7 +282,7 @@ impl ResNetConfig {
         });
         let mut stage = || stages.next().expect("four stages");
         let [features, classes] = plan.classifier;
-        ResNet {
+        Ok(ResNet {
             conv1,
             bn1,
             conv2,
@@ -293,7 +299,7 @@ impl ResNetConfig {
             layer4: stage(),
             avgpool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             fc: LinearConfig::new(features, classes).init(device),
-        }
+        })
     }
 
     fn static_conv<B: Backend>(&self, spec: ConvSpec, device: &B::Device) -> Conv2d<B> {

@@ -8,6 +8,7 @@ use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, Ten
 use super::config::{ResNetConfig, ResNetDepth, ResNetVariant};
 use super::model::ResNet;
 use crate::import::{ImportError, PytorchCheckpoint};
+use crate::Error;
 
 /// What a checkpoint must provide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +85,7 @@ impl<B: Backend> ResNet<B> {
         mut self,
         checkpoint: &PytorchCheckpoint,
         mode: ImportMode,
-    ) -> Result<Self, ImportError> {
+    ) -> Result<Self, Error> {
         let variant = self.variant();
         let snapshots: Vec<TensorSnapshot> = checkpoint
             .tensors()
@@ -132,10 +133,10 @@ impl<B: Backend> ResNet<B> {
         if problems.is_empty() {
             Ok(self)
         } else {
-            Err(ImportError::Mismatch {
+            Err(Error::Import(ImportError::Mismatch {
                 path: checkpoint.path().to_path_buf(),
                 problems,
-            })
+            }))
         }
     }
 }
@@ -147,9 +148,9 @@ impl ResNetConfig {
         path: impl AsRef<std::path::Path>,
         mode: ImportMode,
         device: &B::Device,
-    ) -> Result<ResNet<B>, ImportError> {
+    ) -> Result<ResNet<B>, Error> {
         let checkpoint = PytorchCheckpoint::read(path)?;
-        self.init(device).load_pytorch(&checkpoint, mode)
+        self.try_init(device)?.load_pytorch(&checkpoint, mode)
     }
 }
 
@@ -157,8 +158,12 @@ impl<B: Backend> ResNet<B> {
     /// Writes the model's tensors to a safetensors file in the reference's layout: its
     /// `state_dict` keys (without `module.`), PyTorch's `Linear` orientation, batch-norm running
     /// statistics included.
-    pub fn export_safetensors(&self, path: impl AsRef<std::path::Path>) -> Result<(), String> {
+    pub fn export_safetensors(&self, path: impl AsRef<std::path::Path>) -> Result<(), Error> {
         let path = path.as_ref();
+        let fail = |message: String| Error::Io {
+            path: path.to_path_buf(),
+            source: message.into(),
+        };
         let tensors: Vec<(String, burn::tensor::TensorData)> = self
             .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
             .into_iter()
@@ -167,7 +172,7 @@ impl<B: Backend> ResNet<B> {
                 snapshot
                     .to_data()
                     .map(|data| (key.clone(), data))
-                    .map_err(|error| format!("tensor {key}: {error:?}"))
+                    .map_err(|error| fail(format!("tensor {key}: {error:?}")))
             })
             .collect::<Result<_, _>>()?;
         let views = tensors
@@ -176,15 +181,16 @@ impl<B: Backend> ResNet<B> {
                 let dtype = match data.dtype {
                     burn::tensor::DType::F32 => safetensors::Dtype::F32,
                     burn::tensor::DType::F64 => safetensors::Dtype::F64,
-                    other => return Err(format!("tensor {key}: unsupported dtype {other:?}")),
+                    other => {
+                        return Err(fail(format!("tensor {key}: unsupported dtype {other:?}")))
+                    }
                 };
                 safetensors::tensor::TensorView::new(dtype, data.shape.to_vec(), data.as_bytes())
                     .map(|view| (key.clone(), view))
-                    .map_err(|error| format!("tensor {key}: {error}"))
+                    .map_err(|error| fail(format!("tensor {key}: {error}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        safetensors::serialize_to_file(views, None, path)
-            .map_err(|error| format!("cannot write {}: {error}", path.display()))
+        safetensors::serialize_to_file(views, None, path).map_err(|error| Error::io(path, error))
     }
 }
 
@@ -193,10 +199,12 @@ impl ResNetConfig {
     /// (blocks per stage, basic or bottleneck), variant (a three-convolution stem), width (the
     /// stem's channels over 64), classes (the classifier's rows), and PEDConv (attention
     /// branches present) with the paper's settings and `rank` read off the attention heads.
-    pub fn from_state_dict(checkpoint: &PytorchCheckpoint) -> Result<Self, ImportError> {
-        let invalid = |message: String| ImportError::Format {
-            path: checkpoint.path().to_path_buf(),
-            message,
+    pub fn from_state_dict(checkpoint: &PytorchCheckpoint) -> Result<Self, Error> {
+        let invalid = |message: String| {
+            Error::Import(ImportError::Format {
+                path: checkpoint.path().to_path_buf(),
+                message,
+            })
         };
         let tensors: std::collections::BTreeMap<&str, &[usize]> = checkpoint
             .tensors()

@@ -6,12 +6,46 @@ use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::Tensor;
 use common::{normal, TestBackend};
+use pedconv::resnet::{ResNetConfig, ResNetDepth};
 use pedconv::{AttentionNoise, ComputePath, PedConv2d, PedConv2dConfig};
 
 fn error_of(config: PedConv2dConfig) -> String {
     match config.try_init::<TestBackend>(&Default::default()) {
         Ok(_) => panic!("{config:?} was accepted"),
         Err(error) => error.to_string(),
+    }
+}
+
+/// Invalid configurations are errors of the configuration kind, naming the configuration, the
+/// field and its value; `try_init` returns them where `init` would panic.
+#[test]
+fn configuration_errors_are_of_the_config_kind() {
+    let layer = PedConv2dConfig::new([8, 16], [3, 3])
+        .with_rank(0)
+        .try_init::<TestBackend>(&Default::default())
+        .unwrap_err();
+    assert!(matches!(
+        layer,
+        pedconv::Error::Config {
+            config: "PedConv2dConfig",
+            ..
+        }
+    ));
+    for (config, expected) in [
+        (
+            ResNetConfig::new(ResNetDepth::R18).with_width(0.0),
+            "invalid ResNetConfig: width must be positive, got 0",
+        ),
+        (
+            ResNetConfig::new(ResNetDepth::R50).with_num_classes(0),
+            "invalid ResNetConfig: num_classes must be positive, got 0",
+        ),
+    ] {
+        let error = config
+            .try_init::<TestBackend>(&Default::default())
+            .unwrap_err();
+        assert_eq!(error.to_string(), expected);
+        assert!(std::error::Error::source(&error).is_none());
     }
 }
 

@@ -80,14 +80,17 @@ fn every_key_of_the_reference_maps_onto_the_model() {
     }
 }
 
-fn error_of(result: Result<impl Sized, ImportError>) -> ImportError {
+/// The import problem of a refused import: the crate's error is of the import kind, and keeps
+/// the problem as its source.
+fn error_of(result: Result<impl Sized, pedconv::Error>) -> ImportError {
     match result {
         Ok(_) => panic!("the import was accepted"),
-        Err(error) => error,
+        Err(pedconv::Error::Import(error)) => error,
+        Err(other) => panic!("not an import error: {other}"),
     }
 }
 
-fn load(path: PathBuf, config: &ResNetConfig, mode: ImportMode) -> Result<(), ImportError> {
+fn load(path: PathBuf, config: &ResNetConfig, mode: ImportMode) -> Result<(), pedconv::Error> {
     config
         .init_from_pytorch::<TestBackend>(path, mode, &Default::default())
         .map(|_| ())
