@@ -32,7 +32,8 @@
 //! also builds the factorized path's fused CPU loops for burn's flex backend.
 //!
 //! [`resnet`] builds the paper's ResNets, static or with PEDConv; with the `onnx` feature, `onnx`
-//! exports them as ONNX models (opset 17) for other runtimes. The crate's `examples/` show a model of one's own that swaps a `Conv2d` for a `PedConv2d`.
+//! exports them as ONNX models (opset 17) for other runtimes. The crate's `examples/` show a
+//! model of one's own that swaps a `Conv2d` for a `PedConv2d`.
 
 mod accounting;
 mod attention;

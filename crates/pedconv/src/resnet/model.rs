@@ -1,7 +1,7 @@
 //! The ResNet modules. Field names equal the reference's `state_dict` names (`conv1`, `bn1`,
 //! `layer1.0.conv2`, `fc`, …), so that importing its weights needs only a few renames.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, AvgPool2d, AvgPool2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -22,6 +22,15 @@ use crate::Error;
 /// Where a training forward collects the info-max losses of the dynamic convolutions; `None`
 /// for an inference forward.
 type Losses<'a, B> = Option<&'a mut Vec<Tensor<B, 1>>>;
+
+/// Reads every parameter, which creates those not yet created.
+struct Initialise;
+
+impl<B: Backend> ModuleVisitor<B> for Initialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        param.val();
+    }
+}
 
 /// `bn(x)`, or `x` where the batch norm has been folded into the convolution before it.
 fn normalise<B: Backend>(bn: &Option<BatchNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -209,6 +218,9 @@ impl<B: Backend> ResNet<B> {
     /// (`DefaultRecorder`; the file gets the `.mpk` extension).
     pub fn save_record(&self, path: impl Into<std::path::PathBuf>) -> Result<(), Error> {
         let path = path.into();
+        // burn creates parameters when first read, and a clone of an unread one draws its own
+        // values: read them all first, so that the file holds this model's.
+        self.visit(&mut Initialise);
         self.clone()
             .save_file(path.clone(), &DefaultRecorder::new())
             .map_err(|error| Error::io(path.with_extension("mpk"), error))

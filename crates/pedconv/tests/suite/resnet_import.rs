@@ -265,6 +265,28 @@ fn burn_record_round_trip() {
     );
 }
 
+/// A freshly built model, whose parameters burn creates only when first read, saves the values
+/// it computes with (not those of a clone that draws its own).
+#[test]
+fn a_fresh_model_saves_its_own_weights() {
+    let config = golden_config();
+    let device = Default::default();
+    let model = config.init::<TestBackend>(&device);
+    let path = scratch_file("fresh-record", b"");
+    model.save_record(&path).unwrap();
+    let reloaded = config
+        .init::<TestBackend>(&device)
+        .load_record(&path, &device)
+        .unwrap();
+    let x = golden_io().0.narrow(0, 0, 1);
+    assert_close(
+        "reloaded logits",
+        &reloaded.forward(x.clone()),
+        &model.forward(x),
+        0.0,
+    );
+}
+
 /// torchvision's layout (a bare `state_dict` of a static ResNet, no `module.` prefix) loads into a
 /// static model exactly, and into a PEDConv model as its base weights.
 #[test]
