@@ -546,13 +546,15 @@ fn image_folder(name: &str, per_class: usize) -> PathBuf {
     root
 }
 
-/// A configuration for a tiny folder run: 16-pixel crops of 20-pixel validation images.
+/// A configuration for a tiny folder run: 16-pixel crops of 20-pixel validation images, with
+/// the ImageNet recipes' augmentation (random resized crop, flip, AutoAugment).
 fn folder_config(dir: &Path, data: &Path) -> PathBuf {
     let path = tiny_config(dir);
     edit_config(&path, |config| {
         config["model"]["num_classes"] = 2.into();
         config["data"]["source"] = serde_json::json!({"kind": "folder", "path": data});
         config["data"]["val_resize"] = 20.into();
+        config["data"]["augmentation"]["auto_augment"] = true.into();
     });
     path
 }
