@@ -59,8 +59,7 @@ impl Score {
 
 /// An evaluation to run on a backend.
 pub struct Evaluation {
-    pub weights: PathBuf,
-    pub config: Option<PathBuf>,
+    pub model: ModelSource,
     pub folder: ImageFolder,
     pub batch_size: usize,
     pub resize: u32,
@@ -68,8 +67,6 @@ pub struct Evaluation {
     /// Stop when more than this fraction of the images cannot be read.
     pub max_bad_fraction: f64,
     pub progress: bool,
-    /// Fold the batch norms into the convolutions first (the same logits, faster).
-    pub fold: bool,
 }
 
 /// Whether `path` names a PyTorch checkpoint (by its extension).
@@ -93,7 +90,7 @@ fn read_model_config(path: &Path) -> Result<ResNetConfig, String> {
 }
 
 /// The model described by `--weights` (and `--config`).
-pub fn load_model<B: Backend>(
+fn load_model<B: Backend>(
     weights: &Path,
     config: Option<&Path>,
     device: &B::Device,
@@ -130,6 +127,32 @@ pub fn load_model<B: Backend>(
                 .load_file(weights.to_path_buf(), &DefaultRecorder::new(), device)
                 .map(|classifier| classifier.net)
                 .map_err(|_| error.to_string())?,
+        };
+        Ok((config, model))
+    }
+}
+
+/// The model of `eval`, `predict` and `export`: `--weights`, `--config`, `--no-fold`.
+pub struct ModelSource {
+    /// A PyTorch checkpoint, or a burn record (a run's model or checkpoint) with `config`.
+    pub weights: PathBuf,
+    /// The model's `ResNetConfig` JSON or a training run's `config.json`.
+    pub config: Option<PathBuf>,
+    /// Fold the batch norms into the convolutions (the same logits, faster).
+    pub fold: bool,
+}
+
+impl ModelSource {
+    /// The model's configuration and the model, its batch norms folded if asked.
+    pub fn load<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(ResNetConfig, ResNet<B>), String> {
+        let (config, model) = load_model(&self.weights, self.config.as_deref(), device)?;
+        let model = if self.fold {
+            model.fold_batch_norms()
+        } else {
+            model
         };
         Ok((config, model))
     }
@@ -182,12 +205,7 @@ impl BackendJob for Evaluation {
     type Output = EvalReport;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<EvalReport, String> {
-        let (config, model) = load_model::<B>(&self.weights, self.config.as_deref(), &device)?;
-        let model = if self.fold {
-            model.fold_batch_norms()
-        } else {
-            model
-        };
+        let (config, model) = self.model.load::<B>(&device)?;
         let classes = self.folder.classes.len();
         if classes > config.num_classes {
             return Err(format!(

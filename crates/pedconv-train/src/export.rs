@@ -6,15 +6,13 @@ use burn::tensor::backend::Backend;
 use pedconv::onnx::export_onnx;
 
 use crate::backend::BackendJob;
-use crate::eval::load_model;
+use crate::eval::ModelSource;
 
-/// An export job: load the weights, fold the batch norms (unless told not to), write the file.
+/// An export job: load the model (its batch norms folded unless told not to: the same function,
+/// fewer nodes), write the file.
 pub struct Export {
-    pub weights: PathBuf,
-    pub config: Option<PathBuf>,
+    pub model: ModelSource,
     pub onnx: PathBuf,
-    /// Fold the batch norms into the convolutions (the same function, fewer nodes).
-    pub fold: bool,
 }
 
 /// What was written.
@@ -27,12 +25,7 @@ impl BackendJob for Export {
     type Output = Exported;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Exported, String> {
-        let (_, model) = load_model::<B>(&self.weights, self.config.as_deref(), &device)?;
-        let model = if self.fold {
-            model.fold_batch_norms()
-        } else {
-            model
-        };
+        let (_, model) = self.model.load::<B>(&device)?;
         let (onnx, bytes) = export_onnx(&model, &self.onnx).map_err(|error| error.to_string())?;
         Ok(Exported {
             nodes: onnx.node_count(),

@@ -22,7 +22,7 @@ use bench::{Bench, Checkpointing};
 use config::TrainConfig;
 use data::folder::ImageFolder;
 use data::DataSource;
-use eval::Evaluation;
+use eval::{Evaluation, ModelSource};
 use export::Export;
 use pedconv::resnet::ResNetDepth;
 use predict::{image_files, Predict};
@@ -213,14 +213,8 @@ fn describe(source: &DataSource) -> String {
 
 #[derive(clap::Args)]
 struct EvalArgs {
-    /// The weights: a PyTorch checkpoint (.pth, .pth.tar, .pt; the paper's or a bare state_dict,
-    /// whose architecture is read off its keys) or a burn record (.mpk, with --config).
-    #[arg(long)]
-    weights: PathBuf,
-    /// The model's ResNetConfig (JSON) or a training run's config.json; needed for burn records,
-    /// optional for PyTorch files.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The data: a folder with a `val/` split, or the split folder itself (one sub-folder per class).
     #[arg(long)]
     data: PathBuf,
@@ -246,10 +240,34 @@ struct EvalArgs {
     /// Print the result as one JSON object `{"top1", "top5", "loss", "images"}` (percentages).
     #[arg(long)]
     json: bool,
+}
+
+/// The model of `eval`, `predict` and `export`.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// The weights: a PyTorch checkpoint (.pth, .pth.tar, .pt; the paper's or a bare state_dict,
+    /// whose architecture is read off its keys) or a burn record (.mpk: a run's model.mpk or a
+    /// checkpoint/model-N.mpk, with --config).
+    #[arg(long)]
+    weights: PathBuf,
+    /// The model's ResNetConfig (JSON) or a training run's config.json; needed for burn records,
+    /// optional for PyTorch files.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Keep the batch norms (by default they are folded into the convolutions: the same
-    /// logits up to rounding, faster).
+    /// logits up to rounding, faster; for `export`, fewer nodes).
     #[arg(long)]
     no_fold: bool,
+}
+
+impl From<ModelArgs> for ModelSource {
+    fn from(args: ModelArgs) -> Self {
+        ModelSource {
+            weights: args.weights,
+            config: args.config,
+            fold: !args.no_fold,
+        }
+    }
 }
 
 fn eval(args: EvalArgs) -> Result<(), String> {
@@ -270,15 +288,13 @@ fn eval(args: EvalArgs) -> Result<(), String> {
         args.backend,
         args.device,
         Evaluation {
-            weights: args.weights,
-            config: args.config,
+            model: args.model.into(),
             folder,
             batch_size: args.batch_size,
             resize: args.resize,
             crop: args.crop,
             max_bad_fraction: args.max_bad_fraction,
             progress: !args.json,
-            fold: !args.no_fold,
         },
     )?;
     if args.json {
@@ -311,13 +327,8 @@ struct PredictArgs {
     /// The image files, or folders searched recursively for `.jpg`, `.jpeg` and `.png` files.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// The weights: a PyTorch checkpoint (.pth, .pth.tar, .pt) or a burn record (.mpk, with
-    /// --config), as for `eval`.
-    #[arg(long)]
-    weights: PathBuf,
-    /// The model's ResNetConfig (JSON) or a training run's config.json; needed for burn records.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// How many classes to show per image, the most probable first.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     top: u64,
@@ -339,9 +350,6 @@ struct PredictArgs {
     /// The centre crop's side.
     #[arg(long, default_value_t = 224)]
     crop: u32,
-    /// Keep the batch norms (by default they are folded into the convolutions).
-    #[arg(long)]
-    no_fold: bool,
 }
 
 fn predict(args: PredictArgs) -> Result<(), String> {
@@ -357,15 +365,13 @@ fn predict(args: PredictArgs) -> Result<(), String> {
         args.backend,
         args.device,
         Predict {
-            weights: args.weights,
-            config: args.config,
+            model: args.model.into(),
             images,
             top: args.top as usize,
             batch_size: args.batch_size as usize,
             resize: args.resize,
             crop: args.crop,
             json: args.json,
-            fold: !args.no_fold,
         },
     )?;
     match unreadable {
@@ -476,28 +482,17 @@ fn bench(args: BenchArgs) -> Result<(), String> {
 
 #[derive(clap::Args)]
 struct ExportArgs {
-    /// The weights: a PyTorch checkpoint (.pth, .pth.tar, .pt) or a burn record (.mpk, with
-    /// --config), as for `eval`.
-    #[arg(long)]
-    weights: PathBuf,
-    /// The model's ResNetConfig (JSON) or a training run's config.json; needed for burn records.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The ONNX file to write.
     #[arg(long)]
     onnx: PathBuf,
-    /// Keep the batch norms as BatchNormalization nodes (by default they are folded into the
-    /// convolutions).
-    #[arg(long)]
-    no_fold: bool,
 }
 
 fn export(args: ExportArgs) -> Result<(), String> {
     let job = Export {
-        weights: args.weights,
-        config: args.config,
+        model: args.model.into(),
         onnx: args.onnx.clone(),
-        fold: !args.no_fold,
     };
     let exported = dispatch(BackendChoice::Flex, 0, job)?;
     println!(

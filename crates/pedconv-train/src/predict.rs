@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 
 use crate::backend::BackendJob;
 use crate::data::folder::is_image;
-use crate::eval::{decode_batch, is_pytorch, load_model, logits_of};
+use crate::eval::{decode_batch, is_pytorch, logits_of, ModelSource};
 
 /// The file in a run directory that names the classes of its model, in output order.
 pub const CLASS_NAMES_FILE: &str = "classes.json";
@@ -17,8 +17,7 @@ const IMAGENET_CLASSES: &str = include_str!("../assets/imagenet_classes.json");
 
 /// A prediction job to run on a backend; it prints each batch's predictions as they come.
 pub struct Predict {
-    pub weights: PathBuf,
-    pub config: Option<PathBuf>,
+    pub model: ModelSource,
     /// The image files, in the order they are printed.
     pub images: Vec<PathBuf>,
     /// How many classes to show per image.
@@ -28,8 +27,6 @@ pub struct Predict {
     pub crop: u32,
     /// One JSON object per line instead of a table.
     pub json: bool,
-    /// Fold the batch norms into the convolutions first (the same logits, faster).
-    pub fold: bool,
 }
 
 /// The image files of `paths`: files as given, folders searched recursively for the extensions
@@ -70,10 +67,11 @@ pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 /// configuration come from (the run directory, or the one above its `checkpoint/`), else
 /// ImageNet's for a 1000-class PyTorch checkpoint, else none.
 fn class_names(predict: &Predict, classes: usize) -> Option<Vec<String>> {
-    let run_dirs = predict
+    let source = &predict.model;
+    let run_dirs = source
         .config
         .iter()
-        .chain([&predict.weights])
+        .chain([&source.weights])
         .filter_map(|path| path.parent())
         .flat_map(|dir| {
             [
@@ -98,7 +96,7 @@ fn class_names(predict: &Predict, classes: usize) -> Option<Vec<String>> {
         }
         return None;
     }
-    (classes == 1000 && is_pytorch(&predict.weights))
+    (classes == 1000 && is_pytorch(&source.weights))
         .then(|| serde_json::from_str(IMAGENET_CLASSES).expect("the built-in ImageNet names"))
 }
 
@@ -141,12 +139,7 @@ impl BackendJob for Predict {
     type Output = usize;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<usize, String> {
-        let (config, model) = load_model::<B>(&self.weights, self.config.as_deref(), &device)?;
-        let model = if self.fold {
-            model.fold_batch_norms()
-        } else {
-            model
-        };
+        let (config, model) = self.model.load::<B>(&device)?;
         let classes = config.num_classes;
         let names = class_names(&self, classes);
         let mut unreadable = 0;
