@@ -1,18 +1,14 @@
 //! The `pedconv` command line, run as a user runs it, on small generated image folders.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use common::{pedconv, scratch};
 
 fn golden_checkpoint() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/golden/resnet18_w0.25_c10_ref.pth.tar")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pedconv-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A validation folder of two classes with a colour PNG, a grayscale JPEG named `.JPEG`, an RGBA
@@ -37,18 +33,6 @@ fn mixed_folder(name: &str) -> PathBuf {
         .unwrap();
     std::fs::write(val.join("cat/broken.jpg"), b"not a jpeg").unwrap();
     root
-}
-
-fn pedconv(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_pedconv"))
-        .args(args)
-        .output()
-        .expect("the pedconv binary runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[test]

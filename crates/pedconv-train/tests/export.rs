@@ -6,11 +6,14 @@
 //! Without it the tests fail, saying so, unless `PEDCONV_SKIP_ONNXRUNTIME=1` is set: then they
 //! export and compute burn's logits but skip the runtime check.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
+use common::{pedconv, scratch};
 use pedconv::import::PytorchCheckpoint;
 use pedconv::resnet::{ImportMode, PedConvSettings, ResNet, ResNetConfig};
 
@@ -18,27 +21,6 @@ type B = Flex;
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A fresh folder for one test's files; a test that passes removes it, one that fails leaves
-/// it for inspection.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pedconv-export-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn pedconv(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_pedconv"))
-        .args(args)
-        .output()
-        .expect("the pedconv binary runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// Exports `weights` (with `extra` flags) to `onnx` through the command line.

@@ -22,10 +22,9 @@ pub struct EpochLoader<B: Backend> {
     batcher: ImageBatcher,
     batch_size: usize,
     seed: u64,
-    /// Shuffle every epoch (training), or keep the split's order (validation).
+    /// A training loader: shuffles every epoch and seeds the backend's generator (PEDConv's
+    /// noise) as each epoch starts. A validation loader keeps the split's order.
     shuffle: bool,
-    /// Seed the backend's generator at the start of every epoch (training: PEDConv's noise).
-    reseed_backend: bool,
     /// The positions of each epoch's order that this loader serves (all, or a slice of them).
     positions: Range<usize>,
     /// The epoch the next [`DataLoader::iter`] serves.
@@ -50,7 +49,6 @@ impl<B: Backend> EpochLoader<B> {
             batch_size,
             seed,
             shuffle,
-            reseed_backend: shuffle,
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
             device,
         }
@@ -80,7 +78,6 @@ impl<B: Backend> EpochLoader<B> {
             batch_size: self.batch_size,
             seed: self.seed,
             shuffle: self.shuffle,
-            reseed_backend: self.reseed_backend,
             positions,
             next_epoch: Arc::new(AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst))),
             device,
@@ -114,7 +111,7 @@ impl DataLoaderIterator<Batch> for EpochBatches {
 impl<B: Backend> DataLoader<B, Batch> for EpochLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<Batch> + 'a> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
-        if self.reseed_backend {
+        if self.shuffle {
             B::seed(
                 &self.device,
                 seed_of(&[self.seed, epoch as u64, BACKEND_STREAM]),

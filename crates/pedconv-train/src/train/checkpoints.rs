@@ -2,7 +2,7 @@
 //! stopped run can resume.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,12 +83,20 @@ impl CheckpointingStrategy for KeepLastAndBest {
     }
 }
 
+/// The parts of an epoch's checkpoint, as burn-train names its files.
+const PARTS: [&str; 3] = ["model", "optim", "scheduler"];
+
+/// The file of `part` of `epoch`'s checkpoint in the checkpoint folder `dir`.
+pub fn checkpoint_file(dir: &Path, part: &str, epoch: usize) -> PathBuf {
+    dir.join(format!("{part}-{epoch}.mpk"))
+}
+
 /// The epochs with a complete checkpoint (model, optimizer and scheduler) in `dir`.
 pub fn saved_epochs(dir: &Path) -> BTreeSet<usize> {
     let complete = |epoch: &usize| {
-        ["model", "optim", "scheduler"]
+        PARTS
             .iter()
-            .all(|part| dir.join(format!("{part}-{epoch}.mpk")).is_file())
+            .all(|part| checkpoint_file(dir, part, *epoch).is_file())
     };
     std::fs::read_dir(dir)
         .into_iter()

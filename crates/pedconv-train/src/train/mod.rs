@@ -26,8 +26,8 @@ use crate::data::loader::EpochLoader;
 use crate::data::Split;
 use crate::predict::CLASS_NAMES_FILE;
 use crate::schedule::Schedule;
-use checkpoints::{saved_epochs, KeepLastAndBest};
-pub use durable::write_file;
+use checkpoints::{checkpoint_file, saved_epochs, KeepLastAndBest};
+use durable::write_file;
 use durable::DurableRecorder;
 pub use objective::Classifier;
 use progress::{read_journal, rewrite_journal, EpochLog, EpochRecord, LineRenderer, RunLog};
@@ -50,7 +50,7 @@ pub fn checkpoint_dir(output: &Path) -> PathBuf {
 
 /// The model checkpoint of `epoch` in a run directory.
 fn model_checkpoint(output: &Path, epoch: usize) -> PathBuf {
-    checkpoint_dir(output).join(format!("model-{epoch}.mpk"))
+    checkpoint_file(&checkpoint_dir(output), "model", epoch)
 }
 
 /// The last epoch with a complete checkpoint in a run directory.
@@ -85,9 +85,9 @@ fn newest_readable_checkpoint<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>
     let dir = checkpoint_dir(output);
     let recorder = DurableRecorder::default();
     let readable = |epoch: usize| -> Result<(), String> {
-        let file = |part: &str| dir.join(format!("{part}-{epoch}"));
+        let file = |part: &str| checkpoint_file(&dir, part, epoch);
         let named = |part: &str| {
-            let path = file(part).with_extension("mpk");
+            let path = file(part);
             move |e| format!("{}: {e}", path.display())
         };
         Recorder::<B>::load::<<Classifier<B> as Module<B>>::Record>(

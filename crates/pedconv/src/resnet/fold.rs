@@ -23,35 +23,31 @@ fn affine<B: Backend>(bn: &BatchNorm<B>) -> (Tensor<B, 1>, Tensor<B, 1>) {
     (scale, shift)
 }
 
-/// `(s ⊙ W, s ⊙ b + t)` for a convolution weight `[out, …]` and optional bias `[out]`.
+/// Folds `bn` into a convolution's weight `[out, …]` and optional bias `[out]`: `s ⊙ W` and
+/// `s ⊙ b + t` (the bias `t` where there was none).
 fn fold<B: Backend>(
-    bn: &BatchNorm<B>,
-    weight: Tensor<B, 4>,
-    bias: Option<Tensor<B, 1>>,
-) -> (Param<Tensor<B, 4>>, Option<Param<Tensor<B, 1>>>) {
-    let (scale, shift) = affine(bn);
+    bn: Option<BatchNorm<B>>,
+    weight: &mut Param<Tensor<B, 4>>,
+    bias: &mut Option<Param<Tensor<B, 1>>>,
+) {
+    let Some(bn) = bn else { return };
+    let (scale, shift) = affine(&bn);
     let out = scale.dims()[0];
-    let weight = weight * scale.clone().reshape([out, 1, 1, 1]);
-    let bias = match bias {
-        Some(bias) => bias * scale + shift,
+    *weight = Param::from_tensor(weight.val() * scale.clone().reshape([out, 1, 1, 1]));
+    let folded = match bias.take() {
+        Some(bias) => bias.val() * scale + shift,
         None => shift,
     };
-    (Param::from_tensor(weight), Some(Param::from_tensor(bias)))
+    *bias = Some(Param::from_tensor(folded));
 }
 
 fn fold_static<B: Backend>(mut conv: Conv2d<B>, bn: Option<BatchNorm<B>>) -> Conv2d<B> {
-    if let Some(bn) = bn {
-        let bias = conv.bias.map(|bias| bias.val());
-        (conv.weight, conv.bias) = fold(&bn, conv.weight.val(), bias);
-    }
+    fold(bn, &mut conv.weight, &mut conv.bias);
     conv
 }
 
 fn fold_dynamic<B: Backend>(mut conv: PedConv2d<B>, bn: Option<BatchNorm<B>>) -> PedConv2d<B> {
-    if let Some(bn) = bn {
-        let bias = conv.bias.map(|bias| bias.val());
-        (conv.weight, conv.bias) = fold(&bn, conv.weight.val(), bias);
-    }
+    fold(bn, &mut conv.weight, &mut conv.bias);
     conv
 }
 
