@@ -271,13 +271,13 @@ impl ResNetConfig {
     pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<ResNet<B>, Error> {
         self.validate()?;
         let plan = self.plan();
-        let stem: Vec<(Conv2d<B>, Option<BatchNorm<B>>)> = plan
+        let stem: Vec<(Conv2d<B>, BatchNorm<B>)> = plan
             .stem
             .iter()
             .map(|spec| {
                 (
                     self.static_conv(*spec, device),
-                    Some(self.batch_norm(spec.channels[1], false, device)),
+                    self.batch_norm(spec.channels[1], false, device),
                 )
             })
             .collect();
@@ -285,7 +285,6 @@ impl ResNetConfig {
         let (conv1, bn1) = stem.next().expect("a stem convolution");
         let (conv2, bn2) = stem.next().unzip();
         let (conv3, bn3) = stem.next().unzip();
-        let (bn2, bn3) = (bn2.flatten(), bn3.flatten());
         let mut stages = plan.stages.iter().map(|blocks| {
             blocks
                 .iter()
@@ -296,7 +295,7 @@ impl ResNetConfig {
         let [features, classes] = plan.classifier;
         Ok(ResNet {
             conv1,
-            bn1,
+            bn1: Some(bn1),
             conv2,
             bn2,
             conv3,
@@ -357,13 +356,12 @@ impl ResNetConfig {
         let mut layers = plan.convs.iter().enumerate().map(|(index, spec)| {
             (
                 self.conv_layer(*spec, device),
-                Some(self.batch_norm(spec.channels[1], index + 1 == count, device)),
+                self.batch_norm(spec.channels[1], index + 1 == count, device),
             )
         });
         let (conv1, bn1) = layers.next().expect("two block convolutions");
         let (conv2, bn2) = layers.next().expect("two block convolutions");
         let (conv3, bn3) = layers.next().unzip();
-        let bn3 = bn3.flatten();
         let downsample = plan.shortcut.map(|spec| Downsample {
             pool: (self.variant == ResNetVariant::D && plan.stride > 1).then(|| {
                 AvgPool2dConfig::new([plan.stride, plan.stride])
@@ -376,9 +374,9 @@ impl ResNetConfig {
         });
         Block {
             conv1,
-            bn1,
+            bn1: Some(bn1),
             conv2,
-            bn2,
+            bn2: Some(bn2),
             conv3,
             bn3,
             downsample,
