@@ -39,8 +39,11 @@ mod accounting;
 mod attention;
 mod config;
 mod error;
+#[cfg(feature = "flex")]
+mod flex;
 mod geometry;
 pub mod import;
+mod norm;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 mod paths;

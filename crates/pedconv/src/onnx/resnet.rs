@@ -92,8 +92,7 @@ fn residual_block<B: Backend>(
     Ok(g.relu(&format!("{name}.relu"), &sum))
 }
 
-/// `bn(conv(pool(x)))`: burn subsamples, then convolves at stride 1, which is the strided 1×1
-/// convolution written here.
+/// `bn(conv(pool(x)))`, the convolution strided.
 fn shortcut<B: Backend>(g: &mut Graph, name: &str, x: &str, downsample: &Downsample<B>) -> String {
     let x = match &downsample.pool {
         Some(pool) => average_pool(g, &format!("{name}.pool"), x, pool),

@@ -28,13 +28,14 @@ mod flex {
     pub(super) fn forward<B: Backend>(
         _: &Operands<B>,
         _: &ConvLayout,
-    ) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        _: bool,
+    ) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
         None
     }
 
     pub(super) fn backward<B: Backend>(
         _: &Operands<B>,
-        _: &Tensor<B, 4>,
+        _: Option<&Tensor<B, 4>>,
         _: &ConvLayout,
         _: &Tensor<B, 4>,
     ) -> Option<Gradients<B>> {
@@ -56,10 +57,10 @@ use super::{
 pub(crate) struct Forward<B: Backend> {
     /// `[B, out, Ho, Wo]`.
     pub output: Tensor<B, 4>,
-    /// `W · (im2col(x ⊙ a_in) ⊙ a_k)` before the output scaling: channels first,
-    /// `[out, N, Ho, Wo]`, from the tensor operations; batch first, `[N, out, Ho, Wo]`, from
-    /// flex's loops (each path's backward reads its own).
-    pub per_term: Tensor<B, 4>,
+    /// `W · (im2col(x ⊙ a_in) ⊙ a_k)` before the output scaling, when asked for: channels
+    /// first, `[out, N, Ho, Wo]`, from the tensor operations; batch first, `[N, out, Ho, Wo]`,
+    /// from flex's loops (each path's backward reads its own).
+    pub per_term: Option<Tensor<B, 4>>,
 }
 
 /// The sizes the formulation's reshapes need.
@@ -163,9 +164,13 @@ fn output_scale<B: Backend>(operands: &Operands<B>, sizes: &Sizes) -> Tensor<B, 
     .reshape([sizes.channels_out, sizes.terms(), 1, 1])
 }
 
-/// The forward pass.
-pub(crate) fn forward<B: Backend>(operands: &Operands<B>, layout: &ConvLayout) -> Forward<B> {
-    if let Some((output, per_term)) = flex::forward(operands, layout) {
+/// The forward pass; `keep` asks for `per_term`.
+pub(crate) fn forward<B: Backend>(
+    operands: &Operands<B>,
+    layout: &ConvLayout,
+    keep: bool,
+) -> Forward<B> {
+    if let Some((output, per_term)) = flex::forward(operands, layout, keep) {
         return Forward { output, per_term };
     }
     let sizes = Sizes::new(operands, layout);
@@ -183,20 +188,20 @@ pub(crate) fn forward<B: Backend>(operands: &Operands<B>, layout: &ConvLayout) -
     let output = swap_leading_dims(scale_rows(per_term.clone(), output_scale(operands, &sizes)));
     Forward {
         output: sum_terms(output, sizes.rank),
-        per_term,
+        per_term: keep.then_some(per_term),
     }
 }
 
 /// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]`, given the
-/// forward's `per_term`. The columns are recomputed; each large intermediate is dropped as soon
+/// forward's `per_term` (without it, the output factor's gradient is zero). The columns are recomputed; each large intermediate is dropped as soon
 /// as it has been used, so that at most three column-sized tensors live at once.
 pub(crate) fn backward<B: Backend>(
     operands: Operands<B>,
-    per_term: Tensor<B, 4>,
+    per_term: Option<Tensor<B, 4>>,
     layout: &ConvLayout,
     grad: Tensor<B, 4>,
 ) -> Gradients<B> {
-    if let Some(gradients) = flex::backward(&operands, &per_term, layout, &grad) {
+    if let Some(gradients) = flex::backward(&operands, per_term.as_ref(), layout, &grad) {
         return gradients;
     }
     let sizes = Sizes::new(&operands, layout);
@@ -207,11 +212,19 @@ pub(crate) fn backward<B: Backend>(
 
     // y = Σ_r per_term ⊙ a_out, per_term channels first.
     let grad_terms = swap_leading_dims(expand_terms(grad, rank));
-    let grad_output = (grad_terms.clone() * per_term)
-        .reshape([channels_out * terms, ho * wo])
-        .sum_dim(1)
-        .reshape([channels_out, terms]);
-    let grad_output = swap_leading_dims(grad_output).reshape([batch, rank, channels_out]);
+    let grad_output = match per_term {
+        Some(per_term) => {
+            let per_channel = (grad_terms.clone() * per_term)
+                .reshape([channels_out * terms, ho * wo])
+                .sum_dim(1)
+                .reshape([channels_out, terms]);
+            swap_leading_dims(per_channel).reshape([batch, rank, channels_out])
+        }
+        None => Tensor::zeros(
+            [batch, rank, channels_out],
+            (&grad_terms.device(), grad_terms.dtype()),
+        ),
+    };
     let grad_per_term = scale_rows(grad_terms, output_scale(&operands, &sizes)).reshape([
         groups,
         channels_out / groups,

@@ -12,6 +12,7 @@ mod columns;
 mod kernels;
 mod recompute;
 
+use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -104,36 +105,39 @@ pub(crate) enum Formulation {
 }
 
 impl Formulation {
-    /// The output `[B, out, Ho, Wo]`, and the intermediate the backward pass needs kept.
-    fn forward<B: Backend>(&self, operands: &Operands<B>) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
+    /// The output `[B, out, Ho, Wo]`, and, where `keep` asks for it, the intermediate from which
+    /// the backward pass computes the output factor's gradient.
+    fn forward<B: Backend>(
+        &self,
+        operands: &Operands<B>,
+        keep: bool,
+    ) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
         match self {
             Formulation::Kernels(options) => (kernels::forward(operands, options), None),
             Formulation::Columns(layout) => {
-                let forward = columns::forward(operands, layout);
-                (forward.output, Some(forward.per_term))
+                let forward = columns::forward(operands, layout, keep);
+                (forward.output, forward.per_term)
             }
         }
     }
 
-    /// The gradients from the output's gradient, given what [`forward`](Self::forward) kept.
+    /// The gradients from the output's gradient, given what [`forward`](Self::forward) kept
+    /// (without it, the output factor's gradient is zero: a factor that needs none).
     fn backward<B: Backend>(
         &self,
         operands: Operands<B>,
         kept: Option<Tensor<B, 4>>,
         grad: Tensor<B, 4>,
     ) -> Gradients<B> {
-        match (self, kept) {
-            (Formulation::Kernels(options), _) => kernels::backward(operands, options, grad),
-            (Formulation::Columns(layout), Some(per_term)) => {
-                columns::backward(operands, per_term, layout, grad)
-            }
-            (Formulation::Columns(_), None) => unreachable!("the columns forward keeps per_term"),
+        match self {
+            Formulation::Kernels(options) => kernels::backward(operands, options, grad),
+            Formulation::Columns(layout) => columns::backward(operands, kept, layout, grad),
         }
     }
 
     /// The output, through the memory-saving operation where the backend has it.
     fn apply<B: Backend>(&self, operands: Operands<B>) -> Tensor<B, 4> {
-        recompute::forward(self, &operands).unwrap_or_else(|| self.forward(&operands).0)
+        recompute::forward(self, &operands).unwrap_or_else(|| self.forward(&operands, false).0)
     }
 }
 
@@ -194,6 +198,58 @@ pub(crate) fn factorized<B: Backend>(
     sum_terms(scale_rows(per_term, output_scale), rank)
 }
 
+/// A static convolution, `conv2d(x, W) + bias` with burn's `Conv2d` parameters and options.
+///
+/// On flex it runs the factorized path's fused loops with unit factors, which take a static
+/// convolution's backward pass several times faster than flex's own convolution (see the
+/// README's cost section) and keep nothing but the input. Elsewhere it is burn's convolution, on
+/// the input as [`StaticConv::prepare`] prepares it.
+pub(crate) fn static_convolution<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [batch, _, height, width] = x.dims();
+    let geometry = match ConvGeometry::new(
+        [height, width],
+        conv.kernel_size,
+        conv.stride,
+        conv.dilation,
+        &conv.padding,
+    ) {
+        Ok(geometry) => geometry,
+        // burn's convolution reports the shapes that do not fit.
+        Err(_) => return conv.forward(x),
+    };
+    let layer = StaticConv {
+        weight: conv.weight.val(),
+        layout: ConvLayout {
+            stride: conv.stride,
+            dilation: conv.dilation,
+            groups: conv.groups,
+            geometry,
+        },
+    };
+    let bias = conv.bias.as_ref().map(|bias| bias.val());
+    if !fused_columns::<B>() {
+        let (x, options) = layer.prepare(x, conv.kernel_size);
+        return conv2d(x, layer.weight, bias, options);
+    }
+    let [channels_out, group_in, kh, kw] = layer.weight.dims();
+    let options = (&x.device(), x.dtype());
+    let unit = |entries: usize| Tensor::ones([batch, 1, entries], options);
+    let factors = AttentionFactors {
+        input: unit(group_in),
+        output: unit(channels_out),
+        kernel: unit(kh * kw),
+    };
+    let output = Formulation::Columns(layer.layout).apply(Operands {
+        x,
+        factors,
+        weight: layer.weight,
+    });
+    match bias {
+        Some(bias) => output + bias.reshape([1, channels_out, 1, 1]),
+        None => output,
+    }
+}
+
 /// `x ⊙ scale` for a `scale` of one value per row `[A, B, 1, 1]` of `x` `[A, B, H, W]`, as the
 /// two-dimensional product that flex runs with SIMD (it runs the four-dimensional broadcast
 /// element by element).
@@ -236,8 +292,8 @@ fn sum_terms<B: Backend>(x: Tensor<B, 4>, rank: usize) -> Tensor<B, 4> {
         .reshape([terms / rank, channels, height, width])
 }
 
-/// `value` as a `U`, when `T` is `U`: how a generic path takes a backend-specific route.
-fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
+/// `value` as a `U`, when `T` is `U`: how a generic function takes a backend-specific route.
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
     let mut slot = Some(value);
     (&mut slot as &mut dyn core::any::Any)
         .downcast_mut::<Option<U>>()
@@ -396,21 +452,6 @@ fn col2im<B: Backend>(
         .narrow(3, start[1], input_size[1])
 }
 
-/// Every `stride`-th row and column from the first: `[n, c, ⌈h/sh⌉, ⌈w/sw⌉]` of `[n, c, h, w]`,
-/// by a reshape rather than a stepped slice, whose backward burn 0.21 does not support.
-pub(crate) fn subsample<B: Backend>(x: Tensor<B, 4>, [sh, sw]: [usize; 2]) -> Tensor<B, 4> {
-    if sh == 1 && sw == 1 {
-        return x;
-    }
-    let [n, c, h, w] = x.dims();
-    let (ho, wo) = (h.div_ceil(sh), w.div_ceil(sw));
-    pad_zeros(x, [0, ho * sh - h], [0, wo * sw - w])
-        .reshape([n, c, ho, sh, wo, sw])
-        .narrow(3, 0, 1)
-        .narrow(5, 0, 1)
-        .reshape([n, c, ho, wo])
-}
-
 /// Zero-pads the last two dimensions by `[before, after]` rows and columns.
 fn pad_zeros<B: Backend>(x: Tensor<B, 4>, rows: [usize; 2], columns: [usize; 2]) -> Tensor<B, 4> {
     pad_axis(pad_axis(x, 2, rows), 3, columns)
@@ -436,4 +477,98 @@ fn pad_axis<B: Backend>(x: Tensor<B, 4>, axis: usize, [before, after]: [usize; 2
         parts.push(zeros(after));
     }
     Tensor::cat(parts, axis)
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::Param;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
+    use burn::tensor::{DType, Distribution, Tensor, TensorData};
+
+    use super::*;
+
+    type B = Autodiff<Flex>;
+
+    fn normal<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::random(
+            shape,
+            Distribution::Normal(0.0, 1.0),
+            (&Default::default(), DType::F64),
+        )
+    }
+
+    /// `max |actual − expected| ≤ 1e-12 · max |expected|`: float64, the two sides differing in
+    /// the order of their sums only.
+    fn assert_close(what: &str, actual: TensorData, expected: TensorData) {
+        assert_eq!(actual.shape, expected.shape, "{what}: shapes differ");
+        let actual = actual.to_vec::<f64>().expect("float64");
+        let expected = expected.to_vec::<f64>().expect("float64");
+        let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let error = actual
+            .iter()
+            .zip(&expected)
+            .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
+        assert!(
+            error <= 1e-12 * scale,
+            "{what}: error {error:e} of {scale:e}"
+        );
+    }
+
+    /// The static convolutions of the ResNets (the 7×7 stem, 1×1 shortcuts, 3×3 at strides 1
+    /// and 2, the "d" stem's), and one with a bias and groups, through the fused loops: output and
+    /// the gradients of x, W and the bias equal burn's convolution differentiated by autodiff.
+    #[test]
+    fn static_convolution_equals_burns() {
+        assert!(
+            fused_columns::<B>(),
+            "the fused loops run on Autodiff<Flex>"
+        );
+        // (channels, kernel, stride, padding, groups, bias, [batch, H, W])
+        let cases = [
+            ([3, 8], 7, 2, 3, 1, false, [2, 17, 16]),
+            ([4, 8], 1, 2, 0, 1, false, [2, 9, 8]),
+            ([6, 6], 3, 1, 1, 1, false, [3, 8, 7]),
+            ([4, 8], 3, 2, 1, 1, false, [2, 9, 9]),
+            ([4, 6], 3, 1, 1, 2, true, [2, 5, 6]),
+        ];
+        for (channels, kernel, stride, padding, groups, bias, [batch, h, w]) in cases {
+            let name = format!("{channels:?} {kernel}×{kernel} stride {stride} groups {groups}");
+            let conv = Conv2dConfig::new(channels, [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(
+                    padding, padding, padding, padding,
+                ))
+                .with_groups(groups)
+                .with_bias(bias)
+                .init::<B>(&Default::default());
+            let mut conv = conv;
+            conv.weight = Param::from_tensor(normal(conv.weight.dims()));
+            conv.bias = conv.bias.map(|b| Param::from_tensor(normal(b.dims())));
+            let x = normal([batch, channels[0], h, w]).require_grad();
+            let fused = static_convolution(&conv, x.clone());
+            let probe = normal(fused.dims());
+            let evaluate = |output: Tensor<B, 4>| {
+                let grads = (output.clone() * probe.clone()).sum().backward();
+                let mut all = vec![
+                    output.into_data(),
+                    x.grad(&grads).expect("x's gradient").into_data(),
+                    conv.weight.grad(&grads).expect("W's gradient").into_data(),
+                ];
+                if let Some(bias) = &conv.bias {
+                    all.push(bias.grad(&grads).expect("the bias's gradient").into_data());
+                }
+                all
+            };
+            let actual = evaluate(fused);
+            let expected = evaluate(conv.forward(x.clone()));
+            for (what, (actual, expected)) in ["output", "x", "W", "bias"]
+                .iter()
+                .zip(actual.into_iter().zip(expected))
+            {
+                assert_close(&format!("{name}: {what}"), actual, expected);
+            }
+        }
+    }
 }

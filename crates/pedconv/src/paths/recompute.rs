@@ -84,6 +84,9 @@ pub(crate) fn tracked_forward<I: Backend, C: CheckpointStrategy>(
     let output = operands.factors.output.into_primitive().tensor();
     let kernel = operands.factors.kernel.into_primitive().tensor();
     let weight = operands.weight.into_primitive().tensor();
+    // An output factor outside the graph (a static convolution's unit factors) needs no
+    // gradient, and nothing kept for one.
+    let keep = !output.node.requirement.is_none();
     let inner = Operands::<I> {
         x: float_tensor(x.primitive.clone()),
         factors: AttentionFactors {
@@ -93,7 +96,7 @@ pub(crate) fn tracked_forward<I: Backend, C: CheckpointStrategy>(
         },
         weight: float_tensor(weight.primitive.clone()),
     };
-    let (result, kept) = formulation.forward(&inner);
+    let (result, kept) = formulation.forward(&inner, keep);
     let result = result.into_primitive().tensor();
     let nodes = [x.node, input.node, output.node, kernel.node, weight.node];
     let tensor = match RecomputeBackward
@@ -355,7 +358,7 @@ mod tests {
                 let name = format!(
                     "{formulation:?}, {channels:?} {kernel_size:?} stride {stride:?} groups {groups} rank {rank}"
                 );
-                let expected = evaluate(formulation.forward(&operands).0);
+                let expected = evaluate(formulation.forward(&operands, false).0);
                 let actual = evaluate(tracked_forward(&formulation, operands.clone()));
                 for (what, (actual, expected)) in ["output", "x", "a_in", "a_out", "a_k", "W"]
                     .iter()

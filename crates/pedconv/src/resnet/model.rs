@@ -7,15 +7,13 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, AvgPool2d, AvgP
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::record::DefaultRecorder;
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
 use super::config::{ResNetConfig, ResNetVariant};
 use super::plan::{BlockPlan, ConvSpec};
-use crate::paths::subsample;
+use crate::norm::{batch_norm, Epilogue};
+use crate::paths::static_convolution;
 use crate::pedconv2d::PedConv2d;
 use crate::Error;
 
@@ -32,11 +30,16 @@ impl<B: Backend> ModuleVisitor<B> for Initialise {
     }
 }
 
-/// `bn(x)`, or `x` where the batch norm has been folded into the convolution before it.
-fn normalise<B: Backend>(bn: &Option<BatchNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// `relu(bn(x) + residual)` as `epilogue` asks, or the epilogue alone where the batch norm has
+/// been folded into the convolution before it.
+fn normalise<B: Backend>(
+    bn: &Option<BatchNorm<B>>,
+    x: Tensor<B, 4>,
+    epilogue: Epilogue<B>,
+) -> Tensor<B, 4> {
     match bn {
-        Some(bn) => bn.forward(x),
-        None => x,
+        Some(bn) => batch_norm(bn, x, epilogue),
+        None => epilogue.apply(x),
     }
 }
 
@@ -54,7 +57,7 @@ pub enum ConvLayer<B: Backend> {
 impl<B: Backend> ConvLayer<B> {
     fn forward(&self, x: Tensor<B, 4>, losses: Losses<'_, B>) -> Tensor<B, 4> {
         match (self, losses) {
-            (ConvLayer::Static(conv), _) => conv.forward(x),
+            (ConvLayer::Static(conv), _) => static_convolution(conv, x),
             (ConvLayer::Dynamic(conv), Some(losses)) => {
                 let out = conv.forward_train(x);
                 losses.extend(out.info_max_loss);
@@ -80,24 +83,16 @@ pub struct Downsample<B: Backend> {
 impl<B: Backend> Downsample<B> {
     /// `bn(conv(pool(x)))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        normalise(&self.bn, self.convolve(x))
+        normalise(&self.bn, self.convolve(x), Epilogue::none())
     }
 
-    /// `conv(pool(x))`. The convolution samples its input, then runs at stride 1 (the same
-    /// values): burn 0.21's wgpu backend computes a wrong input gradient for strided 1×1
-    /// convolutions.
+    /// `conv(pool(x))`.
     pub fn convolve(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = match &self.pool {
             Some(pool) => pool.forward(x),
             None => x,
         };
-        let conv = &self.conv;
-        conv2d(
-            subsample(x, conv.stride),
-            conv.weight.val(),
-            conv.bias.as_ref().map(|bias| bias.val()),
-            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-        )
+        static_convolution(&self.conv, x)
     }
 }
 
@@ -127,15 +122,23 @@ impl<B: Backend> Block<B> {
             Some(downsample) => downsample.forward(x.clone()),
             None => x.clone(),
         };
-        let y = relu(normalise(
+        let y = normalise(
             &self.bn1,
             self.conv1.forward(x, losses.as_deref_mut()),
-        ));
-        let mut y = normalise(&self.bn2, self.conv2.forward(y, losses.as_deref_mut()));
-        if let Some(conv3) = &self.conv3 {
-            y = normalise(&self.bn3, conv3.forward(relu(y), losses));
+            Epilogue::relu(),
+        );
+        let y = self.conv2.forward(y, losses.as_deref_mut());
+        match &self.conv3 {
+            None => normalise(&self.bn2, y, Epilogue::residual_relu(shortcut)),
+            Some(conv3) => {
+                let y = normalise(&self.bn2, y, Epilogue::relu());
+                normalise(
+                    &self.bn3,
+                    conv3.forward(y, losses),
+                    Epilogue::residual_relu(shortcut),
+                )
+            }
         }
-        relu(y + shortcut)
     }
 }
 
@@ -239,10 +242,11 @@ impl<B: Backend> ResNet<B> {
     }
 
     fn run(&self, images: Tensor<B, 4>, mut losses: Losses<'_, B>) -> Tensor<B, 2> {
-        let mut x = relu(normalise(&self.bn1, self.conv1.forward(images)));
+        let stem = |bn, conv, x| normalise(bn, static_convolution(conv, x), Epilogue::relu());
+        let mut x = stem(&self.bn1, &self.conv1, images);
         if let (Some(conv2), Some(conv3)) = (&self.conv2, &self.conv3) {
-            x = relu(normalise(&self.bn2, conv2.forward(x)));
-            x = relu(normalise(&self.bn3, conv3.forward(x)));
+            x = stem(&self.bn2, conv2, x);
+            x = stem(&self.bn3, conv3, x);
         }
         x = self.maxpool.forward(x);
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]

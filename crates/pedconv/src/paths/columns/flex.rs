@@ -16,17 +16,18 @@
 //! backend of `Autodiff<Flex>` included) and the operands are float32 or float64 alike; the
 //! caller then takes the tensor operations of [`super`].
 
-use core::any::TypeId;
-use core::ops::{Add, AddAssign, Mul, Range};
+use core::ops::Range;
 
 use burn::backend::flex::FlexTensor;
-use burn::backend::Flex;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Element, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::super::{cast, ConvLayout, Gradients, Operands};
+pub(crate) use crate::flex::runs_on;
+use crate::flex::{dot, storage, tensor, Real, LANES};
+
+use super::super::{ConvLayout, Gradients, Operands};
 use super::Sizes;
 
 /// Output positions per tile, at most; flex's own convolution tiles by 512.
@@ -36,55 +37,6 @@ const TILE: usize = 512;
 /// layers take narrower tiles, so that the buffers of the tasks running at once stay small
 /// next to the activations a training step keeps.
 const TILE_COLUMNS: usize = 1 << 19;
-
-/// The element types the loops are written for.
-trait Real:
-    Element + bytemuck::Pod + Default + Add<Output = Self> + Mul<Output = Self> + AddAssign
-{
-    const ONE: Self;
-}
-
-impl Real for f32 {
-    const ONE: Self = 1.0;
-}
-
-impl Real for f64 {
-    const ONE: Self = 1.0;
-}
-
-/// Whether `B` is flex or `Autodiff` over it (either checkpointing strategy): the backends on
-/// which the columns formulation takes these loops, for float32 and float64 operands.
-pub(crate) fn runs_on<B: Backend>() -> bool {
-    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-    use burn::backend::Autodiff;
-    let backend = TypeId::of::<B>();
-    backend == TypeId::of::<Flex>()
-        || backend == TypeId::of::<Autodiff<Flex>>()
-        || backend == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>()
-}
-
-/// `tensor`'s contiguous storage on flex, when `B` is flex.
-fn storage<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
-    let tensor = cast::<_, Tensor<Flex, D>>(tensor.clone())?
-        .into_primitive()
-        .tensor();
-    Some(if tensor.is_contiguous() {
-        tensor
-    } else {
-        tensor.to_contiguous()
-    })
-}
-
-/// A `B` tensor of `values`, when `B` is flex.
-fn tensor<B: Backend, T: Real, const D: usize>(
-    values: Vec<T>,
-    shape: [usize; D],
-) -> Option<Tensor<B, D>> {
-    let primitive = FlexTensor::from_data(TensorData::new(values, shape));
-    cast(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(
-        primitive,
-    )))
-}
 
 /// The operands' storage.
 struct Storage {
@@ -566,33 +518,52 @@ fn matmul_into<T: Real>(
     }
 }
 
-/// The output `[B, out, Ho, Wo]` and `per_term`, batch first: `W · (im2col(x ⊙ a_in) ⊙ a_k)`
-/// as `[N, out, Ho, Wo]`.
+/// The output `[B, out, Ho, Wo]` and, when `keep` asks for it, `per_term`, batch first:
+/// `W · (im2col(x ⊙ a_in) ⊙ a_k)` as `[N, out, Ho, Wo]`.
 pub(super) fn forward<B: Backend>(
     operands: &Operands<B>,
     layout: &ConvLayout,
-) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+    keep: bool,
+) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
     let storage = Storage::new(operands)?;
     let sizes = Sizes::new(operands, layout);
-    forward_of::<B, f32>(&storage, layout, &sizes)
-        .or_else(|| forward_of::<B, f64>(&storage, layout, &sizes))
+    forward_of::<B, f32>(&storage, layout, &sizes, keep)
+        .or_else(|| forward_of::<B, f64>(&storage, layout, &sizes, keep))
 }
 
 fn forward_of<B: Backend, T: Real>(
     storage: &Storage,
     layout: &ConvLayout,
     sizes: &Sizes,
-) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+    keep: bool,
+) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
     let values = storage.values::<T>()?;
     let plan = Plan::new(sizes, layout);
     let (rank, channels_out, pixels) = (sizes.rank, sizes.channels_out, plan.pixels());
     let (group_rows, group_out) = (sizes.group_rows(), plan.group_out());
     let samples = plan.task_samples;
     let mut output = vec![T::default(); sizes.batch * channels_out * pixels];
-    let mut per_term = vec![T::default(); sizes.terms() * channels_out * pixels];
+    let tasks = sizes.batch.div_ceil(samples);
+    let mut per_term = vec![
+        T::default();
+        if keep {
+            sizes.terms() * channels_out * pixels
+        } else {
+            0
+        }
+    ];
+    // Each task's share of per_term, where it is kept.
+    let mut task_terms: Vec<Option<&mut [T]>> = if keep {
+        per_term
+            .chunks_mut(samples * rank * channels_out * pixels)
+            .map(Some)
+            .collect()
+    } else {
+        (0..tasks).map(|_| None).collect()
+    };
     output
         .par_chunks_mut(samples * channels_out * pixels)
-        .zip(per_term.par_chunks_mut(samples * rank * channels_out * pixels))
+        .zip(task_terms.par_iter_mut())
         .enumerate()
         .for_each(|(task, (output, terms))| {
             let first = task * samples;
@@ -614,14 +585,16 @@ fn forward_of<B: Backend, T: Real>(
                     // into its sample's output.
                     for (segment, offset, positions) in plan.placed(&tile) {
                         let t = segment.term;
-                        let term = &mut terms[(t - first * rank) * channels_out * pixels..];
                         let sample = &mut output[(t / rank - first) * channels_out * pixels..];
                         for (o, result) in result.chunks_exact(len).take(group_out).enumerate() {
                             let channel = g * group_out + o;
                             let factor = values.output[t * channels_out + channel];
                             let source = &result[offset..][..positions.len()];
                             let at = channel * pixels + positions.start;
-                            term[at..][..positions.len()].copy_from_slice(source);
+                            if let Some(terms) = terms {
+                                let term = (t - first * rank) * channels_out * pixels + at;
+                                terms[term..][..positions.len()].copy_from_slice(source);
+                            }
                             for (y, &v) in sample[at..][..positions.len()].iter_mut().zip(source) {
                                 *y += factor * v;
                             }
@@ -631,26 +604,34 @@ fn forward_of<B: Backend, T: Real>(
             }
         });
     let [ho, wo] = sizes.output_size;
+    let per_term = match keep {
+        true => Some(tensor(per_term, [sizes.terms(), channels_out, ho, wo])?),
+        false => None,
+    };
     Some((
         tensor(output, [sizes.batch, channels_out, ho, wo])?,
-        tensor(per_term, [sizes.terms(), channels_out, ho, wo])?,
+        per_term,
     ))
 }
 
 /// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]`, given the
-/// `per_term` of [`forward`].
+/// `per_term` of [`forward`] (without it, the output factor's gradient is zero).
 pub(super) fn backward<B: Backend>(
     operands: &Operands<B>,
-    per_term: &Tensor<B, 4>,
+    per_term: Option<&Tensor<B, 4>>,
     layout: &ConvLayout,
     grad: &Tensor<B, 4>,
 ) -> Option<Gradients<B>> {
     let storage = Storage::new(operands)?;
-    let per_term = storage_as(per_term, operands)?;
+    let per_term = match per_term {
+        Some(per_term) => Some(storage_as(per_term, operands)?),
+        None => None,
+    };
     let grad = storage_as(grad, operands)?;
     let sizes = Sizes::new(operands, layout);
-    backward_of::<B, f32>(&storage, &per_term, &grad, layout, &sizes)
-        .or_else(|| backward_of::<B, f64>(&storage, &per_term, &grad, layout, &sizes))
+    let per_term = per_term.as_ref();
+    backward_of::<B, f32>(&storage, per_term, &grad, layout, &sizes)
+        .or_else(|| backward_of::<B, f64>(&storage, per_term, &grad, layout, &sizes))
 }
 
 /// [`storage`] of `tensor` in the dtype of the operands' input.
@@ -665,13 +646,16 @@ fn storage_as<B: Backend>(tensor: &Tensor<B, 4>, operands: &Operands<B>) -> Opti
 
 fn backward_of<B: Backend, T: Real>(
     storage: &Storage,
-    per_term: &FlexTensor,
+    per_term: Option<&FlexTensor>,
     grad: &FlexTensor,
     layout: &ConvLayout,
     sizes: &Sizes,
 ) -> Option<Gradients<B>> {
     let values = storage.values::<T>()?;
-    let per_term = per_term.as_slice::<T>()?;
+    let per_term = match per_term {
+        Some(per_term) => Some(per_term.as_slice::<T>()?),
+        None => None,
+    };
     let grad = grad.as_slice::<T>()?;
     let plan = Plan::new(sizes, layout);
     let (batch, rank, terms, taps) = (sizes.batch, sizes.rank, sizes.terms(), sizes.taps());
@@ -699,14 +683,19 @@ fn backward_of<B: Backend, T: Real>(
             || vec![T::default(); weight_size],
             |mut grad_weight, (task, (((grad_x, grad_input), grad_output), grad_kernel))| {
                 let first = task * samples;
-                // y = Σ_i a_out ⊙ per_term, per term and output channel.
-                for (local, grad_output) in grad_output.chunks_exact_mut(channels_out).enumerate() {
-                    let t = first * rank + local;
-                    let upstream = &grad[t / rank * channels_out * pixels..];
-                    let term = &per_term[t * channels_out * pixels..];
-                    for (o, g) in grad_output.iter_mut().enumerate() {
-                        let at = o * pixels;
-                        *g = dot(&upstream[at..][..pixels], &term[at..][..pixels]);
+                // y = Σ_i a_out ⊙ per_term, per term and output channel (zero where a_out
+                // needs no gradient and per_term was not kept).
+                if let Some(per_term) = per_term {
+                    for (local, grad_output) in
+                        grad_output.chunks_exact_mut(channels_out).enumerate()
+                    {
+                        let t = first * rank + local;
+                        let upstream = &grad[t / rank * channels_out * pixels..];
+                        let term = &per_term[t * channels_out * pixels..];
+                        for (o, g) in grad_output.iter_mut().enumerate() {
+                            let at = o * pixels;
+                            *g = dot(&upstream[at..][..pixels], &term[at..][..pixels]);
+                        }
                     }
                 }
                 // The column gradient, then (once spread) the recomputed columns.
@@ -779,28 +768,6 @@ fn backward_of<B: Backend, T: Real>(
         kernel: tensor(grad_kernel, [batch, rank, taps])?,
         weight: tensor(grad_weight, [channels_out, group_in, kh, kw])?,
     })
-}
-
-/// Lanes of the unrolled loops: independent partial sums that the compiler keeps in one
-/// vector register.
-const LANES: usize = 8;
-
-/// `Σ a·b` over the common length, in [`LANES`] partial sums.
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut lanes = [T::default(); LANES];
-    for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for lane in 0..LANES {
-            lanes[lane] += a[lane] * b[lane];
-        }
-    }
-    let tail = n - n % LANES;
-    let mut sum = lanes.into_iter().fold(T::default(), |s, v| s + v);
-    for (&a, &b) in a[tail..].iter().zip(&b[tail..]) {
-        sum += a * b;
-    }
-    sum
 }
 
 /// `Σ g·x` over `g`'s length, while adding `scale · g` to `target`: the two uses of one

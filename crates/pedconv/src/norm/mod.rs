@@ -1,0 +1,81 @@
+//! Batch normalisation with what follows it in a residual network, an optional residual
+//! addition and a ReLU: `relu(bn(x) + residual)`.
+//!
+//! In training on flex (`Autodiff<Flex>`, float32 or float64) this is one autodiff operation of
+//! fused loops with a hand-written backward pass ([`flex`]): one pass for the channel
+//! statistics, one that writes the output, and two in the backward pass; it keeps its input and
+//! its output (which the next layer keeps anyway). Composed from burn's `BatchNorm` and tensor
+//! operations, the same step takes about ten passes forward and as many backward, several of
+//! them through flex's element-by-element path for the `[1, C, 1, 1]` broadcasts. Elsewhere, and
+//! in inference, burn's `BatchNorm`, the addition and the ReLU, which autodiff differentiates:
+//! the same values to rounding.
+
+#[cfg(feature = "flex")]
+mod flex;
+
+use burn::nn::BatchNorm;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// What follows a batch norm: an optional residual to add, then an optional ReLU.
+#[derive(Debug, Clone)]
+pub(crate) struct Epilogue<B: Backend> {
+    /// Added to the normalised values, `[B, C, H, W]` like them.
+    pub residual: Option<Tensor<B, 4>>,
+    /// Whether a ReLU follows (after the residual).
+    pub relu: bool,
+}
+
+/// `relu(bn(x) + residual)`, each part as `epilogue` asks; `bn` updates its running statistics
+/// in training as burn's `BatchNorm::forward` does.
+pub(crate) fn batch_norm<B: Backend>(
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    epilogue: Epilogue<B>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    if let Some(output) = flex::forward(bn, &x, &epilogue) {
+        return output;
+    }
+    epilogue.apply(bn.forward(x))
+}
+
+impl<B: Backend> Epilogue<B> {
+    /// Nothing after the batch norm.
+    pub fn none() -> Self {
+        Self {
+            residual: None,
+            relu: false,
+        }
+    }
+
+    /// A ReLU after the batch norm.
+    pub fn relu() -> Self {
+        Self {
+            residual: None,
+            relu: true,
+        }
+    }
+
+    /// The residual added, then a ReLU.
+    pub fn residual_relu(residual: Tensor<B, 4>) -> Self {
+        Self {
+            residual: Some(residual),
+            relu: true,
+        }
+    }
+
+    /// `relu(y + residual)`, each part as asked, composed from tensor operations.
+    pub fn apply(self, y: Tensor<B, 4>) -> Tensor<B, 4> {
+        let y = match self.residual {
+            Some(residual) => y + residual,
+            None => y,
+        };
+        if self.relu {
+            relu(y)
+        } else {
+            y
+        }
+    }
+}
