@@ -49,6 +49,8 @@ pub mod onnx;
 mod paths;
 mod pedconv2d;
 pub mod resnet;
+#[cfg(test)]
+mod testing;
 
 pub use accounting::{MacCounts, ParameterCounts};
 pub use attention::{Attention, AttentionFactors, AttentionNoise, AttentionSizes, InfoMaxDecoder};

@@ -302,7 +302,7 @@ impl<B: Backend> PedConv2d<B> {
             _ => paths::factorized(input, factors, &conv),
         };
         match &self.bias {
-            Some(bias) => output + bias.val().reshape([1, channels_out, 1, 1]),
+            Some(bias) => paths::add_channel_bias(output, bias.val()),
             None => output,
         }
     }

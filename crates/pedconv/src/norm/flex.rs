@@ -88,6 +88,38 @@ fn inference<B: Backend>(
     )))
 }
 
+/// The epilogue alone, `relu(y + residual)`, on flex (inference, the batch norm folded into the
+/// convolution): one parallel pass, where burn's addition and ReLU are one single-threaded pass
+/// each. `None` where there is nothing to do.
+pub(super) fn epilogue<B: Backend>(
+    y: &Tensor<B, 4>,
+    epilogue: &Epilogue<B>,
+) -> Option<Tensor<B, 4>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || (epilogue.residual.is_none() && !epilogue.relu)
+    {
+        return None;
+    }
+    let y = cast::<_, Tensor<Flex, 4>>(y.clone())?;
+    let epilogue = cast::<_, Epilogue<Flex>>(epilogue.clone())?;
+    let channels = y.dims()[1];
+    let options = (&y.device(), y.dtype());
+    let constant = |value: f64| Tensor::<Flex, 1>::full([channels], value, options);
+    // The identity normalisation: γ = 1, β = 0, mean 0, variance 1 (ε = 0).
+    let unit = [constant(0.0), constant(1.0)].map(|t| t.into_primitive().tensor());
+    let inputs = Inputs::new(
+        y.into_primitive().tensor(),
+        unit[1].clone(),
+        unit[0].clone(),
+        epilogue.residual.map(|r| r.into_primitive().tensor()),
+    )?;
+    let output = inputs
+        .running::<f32>(&unit, 0.0, epilogue.relu)
+        .or_else(|| inputs.running::<f64>(&unit, 0.0, epilogue.relu))?;
+    cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
+        output,
+    )))
+}
+
 /// Training on `Autodiff<Flex, C>`: normalised by the batch statistics, which update the
 /// running ones, as one autodiff operation.
 fn training<B: Backend, C: CheckpointStrategy>(
@@ -534,20 +566,8 @@ mod tests {
         )
     }
 
-    /// `max |actual − expected| ≤ tolerance · max |expected|`.
     fn assert_close(what: &str, actual: TensorData, expected: TensorData, tolerance: f64) {
-        assert_eq!(actual.shape, expected.shape, "{what}: shapes differ");
-        let actual = actual.convert::<f64>().to_vec::<f64>().expect("floats");
-        let expected = expected.convert::<f64>().to_vec::<f64>().expect("floats");
-        let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let error = actual
-            .iter()
-            .zip(&expected)
-            .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
-        assert!(
-            error <= tolerance * scale,
-            "{what}: error {error:e} for a largest value of {scale:e}"
-        );
+        crate::testing::assert_close(what, &actual, &expected, tolerance);
     }
 
     /// The fused operation against burn's `BatchNorm`, addition and ReLU differentiated by
@@ -583,8 +603,8 @@ mod tests {
                 // Two steps, so that the running statistics are updated twice.
                 let fused = forward(&bn, &x, &epilogue()).expect("the fused operation");
                 let _ = forward(&bn, &x.clone().mul_scalar(0.5), &epilogue());
-                let expected = epilogue().apply(reference.forward(x.clone()));
-                let _ = epilogue().apply(reference.forward(x.clone().mul_scalar(0.5)));
+                let expected = epilogue().compose(reference.forward(x.clone()));
+                let _ = epilogue().compose(reference.forward(x.clone().mul_scalar(0.5)));
                 let gradients = |output: Tensor<B, 4>, bn: &BatchNorm<B>| {
                     let grads = (output.clone() * probe.clone()).sum().backward();
                     let mut all = vec![
@@ -611,7 +631,8 @@ mod tests {
     }
 
     /// In inference (flex without autodiff), the running statistics: equal to burn's
-    /// `BatchNorm`, addition and ReLU (same tolerances as above).
+    /// `BatchNorm`, addition and ReLU (same tolerances as above); and the epilogue alone, as
+    /// after a folded batch norm, equal to burn's addition and ReLU.
     #[test]
     fn inference_equals_burns_batch_norm() {
         let device = Default::default();
@@ -636,13 +657,14 @@ mod tests {
                     relu,
                 };
                 let fused = forward(&bn, &x, &epilogue).expect("the fused operation");
-                let expected = epilogue.apply(bn.forward(x));
-                assert_close(
-                    &format!("{dtype:?}, residual {residual}, relu {relu}"),
-                    fused.into_data(),
-                    expected.into_data(),
-                    tolerance,
-                );
+                let expected = epilogue.clone().compose(bn.forward(x.clone()));
+                let alone = super::epilogue(&x, &epilogue).expect("the fused epilogue");
+                let expected_alone = epilogue.compose(x);
+                let name = format!("{dtype:?}, residual {residual}, relu {relu}");
+                assert_close(&name, fused.into_data(), expected.into_data(), tolerance);
+                // The epilogue alone (a folded batch norm): exact, the same operations.
+                let name = format!("{name}, epilogue alone");
+                assert_close(&name, alone.into_data(), expected_alone.into_data(), 0.0);
             }
         }
     }

@@ -38,7 +38,7 @@ pub(crate) fn batch_norm<B: Backend>(
     if let Some(output) = flex::forward(bn, &x, &epilogue) {
         return output;
     }
-    epilogue.apply(bn.forward(x))
+    epilogue.compose(bn.forward(x))
 }
 
 impl<B: Backend> Epilogue<B> {
@@ -66,8 +66,18 @@ impl<B: Backend> Epilogue<B> {
         }
     }
 
-    /// `relu(y + residual)`, each part as asked, composed from tensor operations.
+    /// `relu(y + residual)`, each part as asked: on flex in inference (a batch norm folded into
+    /// its convolution) one parallel pass of fused loops, elsewhere [`compose`](Self::compose).
     pub fn apply(self, y: Tensor<B, 4>) -> Tensor<B, 4> {
+        #[cfg(feature = "flex")]
+        if let Some(output) = flex::epilogue(&y, &self) {
+            return output;
+        }
+        self.compose(y)
+    }
+
+    /// `relu(y + residual)`, each part as asked, composed from tensor operations.
+    pub fn compose(self, y: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = match self.residual {
             Some(residual) => y + residual,
             None => y,

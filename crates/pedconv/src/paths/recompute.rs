@@ -178,22 +178,10 @@ mod tests {
         .require_grad()
     }
 
-    /// `|actual - expected| <= 1e-12 · max|expected|` elementwise. float64: the two sides differ
-    /// only in summation order, a few ulps of the largest value; 1e-12 leaves a wide margin and
-    /// still catches any wrong term.
+    /// float64: the two sides differ only in summation order, a few ulps of the largest value;
+    /// 1e-12 of it leaves a wide margin and still catches any wrong term.
     fn assert_close(name: &str, actual: &TensorData, expected: &TensorData) {
-        assert_eq!(actual.shape, expected.shape, "{name}: shapes differ");
-        let actual = actual.to_vec::<f64>().expect("float64 data");
-        let expected = expected.to_vec::<f64>().expect("float64 data");
-        let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let error = actual
-            .iter()
-            .zip(&expected)
-            .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
-        assert!(
-            error <= 1e-12 * scale,
-            "{name}: error {error:e} for a largest value of {scale:e}"
-        );
+        crate::testing::assert_close(name, actual, expected, 1e-12);
     }
 
     /// Each operation's output and gradients equal those autodiff derives from the
