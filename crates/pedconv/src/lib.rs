@@ -48,6 +48,7 @@ mod norm;
 pub mod onnx;
 mod paths;
 mod pedconv2d;
+mod pool;
 pub mod resnet;
 #[cfg(test)]
 mod testing;

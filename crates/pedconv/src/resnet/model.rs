@@ -15,6 +15,7 @@ use super::plan::{BlockPlan, ConvSpec};
 use crate::norm::{batch_norm, Epilogue};
 use crate::paths::static_convolution;
 use crate::pedconv2d::PedConv2d;
+use crate::pool::max_pool;
 use crate::Error;
 
 /// Where a training forward collects the info-max losses of the dynamic convolutions; `None`
@@ -248,7 +249,7 @@ impl<B: Backend> ResNet<B> {
             x = stem(&self.bn2, conv2, x);
             x = stem(&self.bn3, conv3, x);
         }
-        x = self.maxpool.forward(x);
+        x = max_pool(&self.maxpool, x);
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()
