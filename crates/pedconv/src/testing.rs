@@ -1,6 +1,7 @@
 //! Helpers of the crate's unit tests.
 
-use burn::tensor::TensorData;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
 
 /// `max |actual − expected| ≤ tolerance · max |expected|`, elementwise, in float64 whatever the
 /// data's float type. Each test says why its tolerance suits its precision.
@@ -22,4 +23,17 @@ pub(crate) fn assert_close(what: &str, actual: &TensorData, expected: &TensorDat
         error <= tolerance * scale,
         "{what}: error {error:e} for a largest value of {scale:e}"
     );
+}
+
+/// Normal values of `dtype`, from the backend's generator.
+pub(crate) fn normal<B: Backend, const D: usize>(
+    shape: [usize; D],
+    dtype: DType,
+    [mean, std]: [f64; 2],
+) -> Tensor<B, D> {
+    Tensor::random(
+        shape,
+        Distribution::Normal(mean, std),
+        (&Default::default(), dtype),
+    )
 }

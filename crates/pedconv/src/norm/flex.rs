@@ -551,7 +551,7 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
     use burn::module::{Param, RunningState};
     use burn::nn::{BatchNorm, BatchNormConfig};
-    use burn::tensor::{DType, Distribution, Tensor, TensorData};
+    use burn::tensor::{DType, Tensor, TensorData};
 
     use super::forward;
     use crate::norm::Epilogue;
@@ -559,11 +559,7 @@ mod tests {
     type B = Autodiff<Flex>;
 
     fn random<const D: usize>(shape: [usize; D], dtype: DType) -> Tensor<B, D> {
-        Tensor::random(
-            shape,
-            Distribution::Normal(0.5, 2.0),
-            (&Default::default(), dtype),
-        )
+        crate::testing::normal(shape, dtype, [0.5, 2.0])
     }
 
     fn assert_close(what: &str, actual: TensorData, expected: TensorData, tolerance: f64) {
@@ -637,11 +633,7 @@ mod tests {
     fn inference_equals_burns_batch_norm() {
         let device = Default::default();
         let random = |shape: &[usize], dtype| {
-            Tensor::<Flex, 1>::random(
-                [shape.iter().product::<usize>()],
-                Distribution::Normal(0.5, 2.0),
-                (&device, dtype),
-            )
+            crate::testing::normal::<Flex, 1>([shape.iter().product()], dtype, [0.5, 2.0])
         };
         for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
             for (residual, relu) in [(false, true), (true, true), (true, false)] {

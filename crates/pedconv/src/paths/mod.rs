@@ -497,18 +497,14 @@ mod tests {
     use burn::module::Param;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::PaddingConfig2d;
-    use burn::tensor::{DType, Distribution, Tensor};
+    use burn::tensor::{DType, Tensor};
 
     use super::*;
 
     type B = Autodiff<Flex>;
 
     fn normal<const D: usize>(shape: [usize; D], dtype: DType) -> Tensor<B, D> {
-        Tensor::random(
-            shape,
-            Distribution::Normal(0.0, 1.0),
-            (&Default::default(), dtype),
-        )
+        crate::testing::normal(shape, dtype, [0.0, 1.0])
     }
 
     /// The static convolutions of the ResNets (the 7×7 stem, 1×1 shortcuts, 3×3 at strides 1

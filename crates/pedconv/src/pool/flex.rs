@@ -243,7 +243,7 @@ mod tests {
     use burn::nn::pool::MaxPool2dConfig;
     use burn::nn::PaddingConfig2d;
     use burn::tensor::activation::relu;
-    use burn::tensor::{DType, Distribution, Tensor};
+    use burn::tensor::{DType, Tensor};
 
     use super::forward;
     use crate::testing::assert_close;
@@ -264,7 +264,6 @@ mod tests {
             (2, 2, 0, 1, [6, 5]),
             (3, 1, 1, 2, [5, 6]),
         ];
-        let device = Default::default();
         for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
             for (kernel, stride, padding, dilation, [h, w]) in cases {
                 let pool = MaxPool2dConfig::new([kernel, kernel])
@@ -277,9 +276,7 @@ mod tests {
                 let name = format!(
                     "{dtype:?} {kernel}×{kernel}/{stride} pad {padding} dilation {dilation}"
                 );
-                let random = |shape| {
-                    Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), (&device, dtype))
-                };
+                let random = |shape| crate::testing::normal::<B, 4>(shape, dtype, [0.0, 1.0]);
                 let x = relu(random([2, 3, h, w])).detach().require_grad();
                 let fused = forward(&pool, &x).expect("the fused pooling");
                 let probe = random(fused.dims());
