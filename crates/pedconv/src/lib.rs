@@ -29,7 +29,9 @@
 //! The cargo features `flex` (on by default), `ndarray`, `wgpu` and `cuda` build the compute
 //! paths' memory-saving autodiff operations for `Autodiff` over those backends (see
 //! [`ComputePath`]); on any other backend autodiff differentiates the same computation. `flex`
-//! also builds the factorized path's fused CPU loops for burn's flex backend.
+//! also builds fused CPU loops for burn's flex backend: the factorized path's, which the
+//! ResNets' static convolutions take too, and those of their batch norms (with the residual
+//! addition and ReLU that follow) and max-pooling.
 //!
 //! [`resnet`] builds the paper's ResNets, static or with PEDConv; with the `onnx` feature, `onnx`
 //! exports them as ONNX models (opset 17) for other runtimes. The crate's `examples/` show a
