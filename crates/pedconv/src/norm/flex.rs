@@ -1,6 +1,6 @@
-//! The training step of [`batch_norm`](super::batch_norm) on flex: one autodiff operation of
-//! fused loops over flex's storage, parallel over channels for the statistics and over
-//! `H·W` planes for everything element-wise.
+//! [`batch_norm`](super::batch_norm) on flex, as fused loops over flex's storage, parallel over
+//! channels for the statistics and over `H·W` planes for everything element-wise: in training
+//! one autodiff operation, in inference (and for the epilogue of a folded batch norm) one pass.
 //!
 //! With `x̂ = (x − μ_c)·s_c`, `s_c = 1/√(σ²_c + ε)` (batch statistics, biased variance, as burn's
 //! `BatchNorm`) and `g = ∂L/∂y` masked by the ReLU (`y > 0`), over the `M = N·H·W` values of a
@@ -64,6 +64,18 @@ fn on<B: Backend, F: Backend>(
     Some((bn, cast(x.clone())?, cast(epilogue.clone())?))
 }
 
+/// A flex tensor's storage.
+fn flex_storage<const D: usize>(tensor: Tensor<Flex, D>) -> FlexTensor {
+    contiguous(tensor.into_primitive().tensor())
+}
+
+/// A `B` tensor of flex's `output`, when `B` is flex.
+fn from_flex<B: Backend>(output: FlexTensor) -> Option<Tensor<B, 4>> {
+    cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
+        output,
+    )))
+}
+
 /// Inference on flex: normalised by the running statistics, in one pass.
 fn inference<B: Backend>(
     bn: &BatchNorm<B>,
@@ -71,21 +83,23 @@ fn inference<B: Backend>(
     epilogue: &Epilogue<B>,
 ) -> Option<Tensor<B, 4>> {
     let (bn, x, epilogue) = on::<B, Flex>(bn, x, epilogue)?;
-    let residual = epilogue.residual.map(|r| r.into_primitive().tensor());
-    let parts = |tensor: Tensor<Flex, 1>| tensor.into_primitive().tensor();
     let inputs = Inputs::new(
-        x.into_primitive().tensor(),
-        parts(bn.gamma.val()),
-        parts(bn.beta.val()),
-        residual,
+        flex_storage(x),
+        epilogue.residual.map(flex_storage),
+        epilogue.relu,
     )?;
-    let running = [bn.running_mean.value(), bn.running_var.value()].map(parts);
+    let [gamma, beta, mean, variance] = [
+        bn.gamma.val(),
+        bn.beta.val(),
+        bn.running_mean.value(),
+        bn.running_var.value(),
+    ]
+    .map(flex_storage);
+    let statistics = [&gamma, &beta, &mean, &variance];
     let output = inputs
-        .running::<f32>(&running, bn.epsilon, epilogue.relu)
-        .or_else(|| inputs.running::<f64>(&running, bn.epsilon, epilogue.relu))?;
-    cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
-        output,
-    )))
+        .running::<f32>(statistics, bn.epsilon)
+        .or_else(|| inputs.running::<f64>(statistics, bn.epsilon))?;
+    from_flex(output)
 }
 
 /// The epilogue alone, `relu(y + residual)`, on flex (inference, the batch norm folded into the
@@ -99,25 +113,17 @@ pub(super) fn epilogue<B: Backend>(
     {
         return None;
     }
-    let y = cast::<_, Tensor<Flex, 4>>(y.clone())?;
     let epilogue = cast::<_, Epilogue<Flex>>(epilogue.clone())?;
-    let channels = y.dims()[1];
-    let options = (&y.device(), y.dtype());
-    let constant = |value: f64| Tensor::<Flex, 1>::full([channels], value, options);
-    // The identity normalisation: γ = 1, β = 0, mean 0, variance 1 (ε = 0).
-    let unit = [constant(0.0), constant(1.0)].map(|t| t.into_primitive().tensor());
     let inputs = Inputs::new(
-        y.into_primitive().tensor(),
-        unit[1].clone(),
-        unit[0].clone(),
-        epilogue.residual.map(|r| r.into_primitive().tensor()),
+        flex_storage(cast::<_, Tensor<Flex, 4>>(y.clone())?),
+        epilogue.residual.map(flex_storage),
+        epilogue.relu,
     )?;
-    let output = inputs
-        .running::<f32>(&unit, 0.0, epilogue.relu)
-        .or_else(|| inputs.running::<f64>(&unit, 0.0, epilogue.relu))?;
-    cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
-        output,
-    )))
+    from_flex(
+        inputs
+            .identity::<f32>()
+            .or_else(|| inputs.identity::<f64>())?,
+    )
 }
 
 /// Training on `Autodiff<Flex, C>`: normalised by the batch statistics, which update the
@@ -128,70 +134,93 @@ fn training<B: Backend, C: CheckpointStrategy>(
     epilogue: &Epilogue<B>,
 ) -> Option<Tensor<B, 4>> {
     let (bn, x, epilogue) = on::<B, Ad<C>>(bn, x, epilogue)?;
-    let x = x.into_primitive().tensor();
+    cast(tracked::<C, f32>(&bn, &x, &epilogue).or_else(|| tracked::<C, f64>(&bn, &x, &epilogue))?)
+}
+
+/// [`training`] for `T` operands; `None` unless every operand holds `T`s.
+fn tracked<C: CheckpointStrategy, T: Real>(
+    bn: &BatchNorm<Ad<C>>,
+    x: &Tensor<Ad<C>, 4>,
+    epilogue: &Epilogue<Ad<C>>,
+) -> Option<Tensor<Ad<C>, 4>> {
+    let x = x.clone().into_primitive().tensor();
     let gamma = bn.gamma.val().into_primitive().tensor();
     let beta = bn.beta.val().into_primitive().tensor();
-    let residual = epilogue.residual.map(|r| r.into_primitive().tensor());
+    let residual = epilogue
+        .residual
+        .clone()
+        .map(|r| r.into_primitive().tensor());
     let inputs = Inputs::new(
-        x.primitive.clone(),
-        gamma.primitive.clone(),
-        beta.primitive.clone(),
-        residual.as_ref().map(|r| r.primitive.clone()),
+        contiguous(x.primitive.clone()),
+        residual.as_ref().map(|r| contiguous(r.primitive.clone())),
+        epilogue.relu,
     )?;
-    let forward = |relu| {
-        inputs
-            .batch::<f32, C>(&bn, relu)
-            .map(|(output, state)| (output, State::F32(state)))
-            .or_else(|| {
-                inputs
-                    .batch::<f64, C>(&bn, relu)
-                    .map(|(output, state)| (output, State::F64(state)))
-            })
+    let gamma_values = contiguous(gamma.primitive.clone());
+    let beta_values = contiguous(beta.primitive.clone());
+    let (gamma_slice, beta_slice) = (gamma_values.as_slice::<T>()?, beta_values.as_slice::<T>()?);
+    let statistics = Statistics::<T>::of(inputs.x.as_slice()?, inputs.shape(), bn.epsilon);
+    let affine = affine(
+        gamma_slice,
+        beta_slice,
+        &statistics.mean,
+        &statistics.inverse_std,
+    );
+    let output = inputs.normalise(&affine)?;
+    update_running_statistics(bn, &statistics);
+    let state = NormState {
+        x: inputs.x.clone(),
+        output: output.clone(),
+        gamma: gamma_values,
+        mean: statistics.mean,
+        inverse_std: statistics.inverse_std,
+        relu: epilogue.relu,
+        shape: inputs.shape(),
+        dims: inputs.dims,
     };
-    let (output, state) = forward(epilogue.relu)?;
-    let parents = [x, gamma, beta];
-    cast(match state {
-        State::F32(state) => register::<C, f32>(parents, residual, state, output),
-        State::F64(state) => register::<C, f64>(parents, residual, state, output),
-    })
+    let tensor = match residual {
+        None => finish::<C, T, 3>([x, gamma, beta], state, output),
+        Some(residual) => finish::<C, T, 4>([x, gamma, beta, residual], state, output),
+    };
+    Some(Tensor::from_primitive(TensorPrimitive::Float(tensor)))
 }
 
-/// The backward state in the operands' element type.
-enum State {
-    F32(NormState<f32>),
-    F64(NormState<f64>),
+/// `output` as the result of the operation on `parents` (`x`, `γ`, `β` and the residual).
+fn finish<C: CheckpointStrategy, T: Real, const N: usize>(
+    parents: [FloatTensor<Ad<C>>; N],
+    state: NormState<T>,
+    output: FlexTensor,
+) -> FloatTensor<Ad<C>> {
+    let nodes = parents.map(|parent| parent.node);
+    match NormBackward::<T>(PhantomData)
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
 }
 
-/// The operands' storage, contiguous.
+/// The input, the residual and the ReLU, contiguous.
 struct Inputs {
     x: FlexTensor,
-    gamma: FlexTensor,
-    beta: FlexTensor,
     residual: Option<FlexTensor>,
+    relu: bool,
     /// `[N, C, H, W]`.
     dims: [usize; 4],
 }
 
 impl Inputs {
-    /// The operands, when they share one element type and the residual has x's shape.
-    fn new(
-        x: FlexTensor,
-        gamma: FlexTensor,
-        beta: FlexTensor,
-        residual: Option<FlexTensor>,
-    ) -> Option<Self> {
-        let dtype = x.dtype();
+    /// The operands, when the residual has x's shape and element type.
+    fn new(x: FlexTensor, residual: Option<FlexTensor>, relu: bool) -> Option<Self> {
         let dims: [usize; 4] = x.layout().shape().as_slice().try_into().ok()?;
-        let matches = gamma.dtype() == dtype
-            && beta.dtype() == dtype
-            && residual
-                .as_ref()
-                .is_none_or(|r| r.dtype() == dtype && r.layout().shape().as_slice() == dims);
-        matches.then(|| Self {
-            x: contiguous(x),
-            gamma: contiguous(gamma),
-            beta: contiguous(beta),
-            residual: residual.map(contiguous),
+        let matches = residual
+            .as_ref()
+            .is_none_or(|r| r.dtype() == x.dtype() && r.layout().shape().as_slice() == dims);
+        matches.then_some(Self {
+            x,
+            residual,
+            relu,
             dims,
         })
     }
@@ -205,89 +234,61 @@ impl Inputs {
         }
     }
 
-    /// `relu(γ·x̂ + β + r)` for these statistics, when the operands hold `T`s.
-    fn normalise<T: Real>(&self, statistics: &Statistics<T>, relu: bool) -> Option<FlexTensor> {
+    /// `relu(x·scale + shift + r)` with each channel's `(scale, shift)`, when the operands
+    /// hold `T`s.
+    fn normalise<T: Real>(&self, affine: &[(T, T)]) -> Option<FlexTensor> {
+        let residual = match &self.residual {
+            Some(residual) => Some(residual.as_slice()?),
+            None => None,
+        };
         let output = normalise(
             self.x.as_slice()?,
-            self.gamma.as_slice()?,
-            self.beta.as_slice()?,
-            match &self.residual {
-                Some(residual) => Some(residual.as_slice()?),
-                None => None,
-            },
-            relu,
-            statistics,
+            affine,
+            residual,
+            self.relu,
             self.shape(),
         );
         Some(flex_tensor(output, &self.dims))
     }
 
-    /// Normalised by the running statistics `[mean, variance]`.
+    /// Normalised by a batch norm's `γ`, `β` and running mean and variance.
     fn running<T: Real>(
         &self,
-        [mean, variance]: &[FlexTensor; 2],
+        [gamma, beta, mean, variance]: [&FlexTensor; 4],
         epsilon: f64,
-        relu: bool,
     ) -> Option<FlexTensor> {
-        let mean = contiguous(mean.clone());
-        let variance = contiguous(variance.clone());
-        let statistics = Statistics::<T>::running(mean.as_slice()?, variance.as_slice()?, epsilon);
-        self.normalise(&statistics, relu)
+        let inverse_std: Vec<T> = variance
+            .as_slice::<T>()?
+            .iter()
+            .map(|&v| real(1.0 / (v.elem::<f64>() + epsilon).sqrt()))
+            .collect();
+        let affine = affine(
+            gamma.as_slice()?,
+            beta.as_slice()?,
+            mean.as_slice()?,
+            &inverse_std,
+        );
+        self.normalise(&affine)
     }
 
-    /// Normalised by the batch statistics, which update `bn`'s running ones; the output and
-    /// what the backward pass needs.
-    fn batch<T: Real, C: CheckpointStrategy>(
-        &self,
-        bn: &BatchNorm<Ad<C>>,
-        relu: bool,
-    ) -> Option<(FlexTensor, NormState<T>)> {
-        let statistics = Statistics::<T>::of(self.x.as_slice()?, self.shape(), bn.epsilon);
-        let output = self.normalise(&statistics, relu)?;
-        update_running_statistics(bn, &statistics);
-        let state = NormState {
-            x: self.x.clone(),
-            output: output.clone(),
-            gamma: self.gamma.clone(),
-            mean: statistics.mean,
-            inverse_std: statistics.inverse_std,
-            relu,
-            shape: self.shape(),
-            dims: self.dims,
-        };
-        Some((output, state))
+    /// The epilogue alone: scale one, shift zero.
+    fn identity<T: Real>(&self) -> Option<FlexTensor> {
+        self.normalise(&vec![(T::ONE, T::default()); self.dims[1]])
     }
 }
 
-/// `output` as the result of the operation on `x`, `γ`, `β` and the residual.
-fn register<C: CheckpointStrategy, T: Real>(
-    [x, gamma, beta]: [FloatTensor<Ad<C>>; 3],
-    residual: Option<FloatTensor<Ad<C>>>,
-    state: NormState<T>,
-    output: FlexTensor,
-) -> Tensor<Ad<C>, 4> {
-    match residual {
-        None => finish::<C, T, 3>([x, gamma, beta], state, output),
-        Some(residual) => finish::<C, T, 4>([x, gamma, beta, residual], state, output),
-    }
-}
-
-/// `output` as the result of the operation on `parents` (`x`, `γ`, `β` and the residual).
-fn finish<C: CheckpointStrategy, T: Real, const N: usize>(
-    parents: [FloatTensor<Ad<C>>; N],
-    state: NormState<T>,
-    output: FlexTensor,
-) -> Tensor<Ad<C>, 4> {
-    let nodes = parents.map(|parent| parent.node);
-    let tensor = match NormBackward::<T>(PhantomData)
-        .prepare::<C>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(tensor))
+/// Each channel's `(scale, shift)` with which `γ·x̂ + β = x·scale + shift`:
+/// `scale = γ·s`, `shift = β − μ·scale`.
+fn affine<T: Real>(gamma: &[T], beta: &[T], mean: &[T], inverse_std: &[T]) -> Vec<(T, T)> {
+    gamma
+        .iter()
+        .zip(beta)
+        .zip(mean.iter().zip(inverse_std))
+        .map(|((&gamma, &beta), (&mean, &inverse_std))| {
+            let scale = gamma * inverse_std;
+            (scale, beta - mean * scale)
+        })
+        .collect()
 }
 
 /// `running ← (1 − momentum)·running + momentum·batch`, for the mean and the (biased) variance,
@@ -347,18 +348,6 @@ struct Statistics<T> {
 }
 
 impl<T: Real> Statistics<T> {
-    /// The running statistics of a batch norm.
-    fn running(mean: &[T], variance: &[T], epsilon: f64) -> Self {
-        Self {
-            mean: mean.to_vec(),
-            variance: variance.to_vec(),
-            inverse_std: variance
-                .iter()
-                .map(|&v| real(1.0 / (v.elem::<f64>() + epsilon).sqrt()))
-                .collect(),
-        }
-    }
-
     /// Mean and variance in two passes over each channel, each plane's sums carried in float64.
     fn of(x: &[T], shape: Shape, epsilon: f64) -> Self {
         let count = shape.per_channel() as f64;
@@ -396,14 +385,13 @@ impl<T: Real> Statistics<T> {
     }
 }
 
-/// `relu(γ·x̂ + β + r)`, plane by plane in parallel.
+/// `relu(x·scale + shift + r)`, each channel with its `(scale, shift)`, plane by plane in
+/// parallel.
 fn normalise<T: Real>(
     x: &[T],
-    gamma: &[T],
-    beta: &[T],
+    affine: &[(T, T)],
     residual: Option<&[T]>,
     relu: bool,
-    statistics: &Statistics<T>,
     shape: Shape,
 ) -> Vec<T> {
     let mut output = vec![T::default(); x.len()];
@@ -412,10 +400,7 @@ fn normalise<T: Real>(
         .zip(x.par_chunks(shape.plane))
         .enumerate()
         .for_each(|(index, (out, x))| {
-            let c = index % shape.channels;
-            // y = x·scale + shift.
-            let scale = gamma[c] * statistics.inverse_std[c];
-            let shift = beta[c] - statistics.mean[c] * scale;
+            let (scale, shift) = affine[index % shape.channels];
             for (y, &x) in out.iter_mut().zip(x) {
                 *y = x * scale + shift;
             }

@@ -193,8 +193,9 @@ pub(crate) fn forward<B: Backend>(
 }
 
 /// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]`, given the
-/// forward's `per_term` (without it, the output factor's gradient is zero). The columns are recomputed; each large intermediate is dropped as soon
-/// as it has been used, so that at most three column-sized tensors live at once.
+/// forward's `per_term` (without it, the output factor's gradient is zero). The columns are
+/// recomputed; each large intermediate is dropped as soon as it has been used, so that at most
+/// three column-sized tensors live at once.
 pub(crate) fn backward<B: Backend>(
     operands: Operands<B>,
     per_term: Option<Tensor<B, 4>>,

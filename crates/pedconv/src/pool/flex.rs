@@ -16,7 +16,6 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
@@ -154,50 +153,33 @@ fn training<B: Backend, C: CheckpointStrategy>(
     if TypeId::of::<B>() != TypeId::of::<Autodiff<Flex, C>>() {
         return None;
     }
-    let x = cast::<_, Tensor<Autodiff<Flex, C>, 4>>(x.clone())?
-        .into_primitive()
-        .tensor();
+    let x = cast::<_, Tensor<Autodiff<Flex, C>, 4>>(x.clone())?;
+    cast(tracked::<C, f32>(window, &x, shape).or_else(|| tracked::<C, f64>(window, &x, shape))?)
+}
+
+/// [`training`] for a `T` input; `None` unless `x` holds `T`s.
+fn tracked<C: CheckpointStrategy, T: Real>(
+    window: &Window,
+    x: &Tensor<Autodiff<Flex, C>, 4>,
+    shape: [usize; 4],
+) -> Option<Tensor<Autodiff<Flex, C>, 4>> {
+    let x = x.clone().into_primitive().tensor();
     let values = contiguous(x.primitive.clone());
-    let (output, indices, element) = match pooled::<f32>(window, &values, shape) {
-        Some((output, indices)) => (output, indices, Element::F32),
-        None => {
-            let (output, indices) = pooled::<f64>(window, &values, shape)?;
-            (output, indices, Element::F64)
-        }
-    };
+    let (output, indices) = pooled::<T>(window, &values, shape)?;
     let state = PoolState {
         window: *window,
         indices,
         input_dims: values.layout().shape().as_slice().try_into().ok()?,
     };
-    let tensor = match element {
-        Element::F32 => finish::<C, f32>(x, state, output),
-        Element::F64 => finish::<C, f64>(x, state, output),
-    };
-    cast(Tensor::<Autodiff<Flex, C>, 4>::from_primitive(
-        TensorPrimitive::Float(tensor),
-    ))
-}
-
-/// The element type the forward ran in.
-enum Element {
-    F32,
-    F64,
-}
-
-fn finish<C: CheckpointStrategy, T: Real>(
-    x: FloatTensor<Autodiff<Flex, C>>,
-    state: PoolState,
-    output: FlexTensor,
-) -> FloatTensor<Autodiff<Flex, C>> {
-    match PoolBackward::<T>(PhantomData)
+    let tensor = match PoolBackward::<T>(PhantomData)
         .prepare::<C>([x.node])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => prep.finish(state, output),
         OpsKind::UnTracked(prep) => prep.finish(output),
-    }
+    };
+    Some(Tensor::from_primitive(TensorPrimitive::Float(tensor)))
 }
 
 /// The indices of the maxima and the input's shape.

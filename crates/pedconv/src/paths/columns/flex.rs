@@ -543,23 +543,14 @@ fn forward_of<B: Backend, T: Real>(
     let (group_rows, group_out) = (sizes.group_rows(), plan.group_out());
     let samples = plan.task_samples;
     let mut output = vec![T::default(); sizes.batch * channels_out * pixels];
-    let tasks = sizes.batch.div_ceil(samples);
-    let mut per_term = vec![
-        T::default();
-        if keep {
-            sizes.terms() * channels_out * pixels
-        } else {
-            0
-        }
-    ];
+    let mut per_term = keep.then(|| vec![T::default(); sizes.terms() * channels_out * pixels]);
     // Each task's share of per_term, where it is kept.
-    let mut task_terms: Vec<Option<&mut [T]>> = if keep {
-        per_term
+    let mut task_terms: Vec<Option<&mut [T]>> = match per_term.as_mut() {
+        Some(per_term) => per_term
             .chunks_mut(samples * rank * channels_out * pixels)
             .map(Some)
-            .collect()
-    } else {
-        (0..tasks).map(|_| None).collect()
+            .collect(),
+        None => (0..sizes.batch.div_ceil(samples)).map(|_| None).collect(),
     };
     output
         .par_chunks_mut(samples * channels_out * pixels)
@@ -604,9 +595,9 @@ fn forward_of<B: Backend, T: Real>(
             }
         });
     let [ho, wo] = sizes.output_size;
-    let per_term = match keep {
-        true => Some(tensor(per_term, [sizes.terms(), channels_out, ho, wo])?),
-        false => None,
+    let per_term = match per_term {
+        Some(per_term) => Some(tensor(per_term, [sizes.terms(), channels_out, ho, wo])?),
+        None => None,
     };
     Some((
         tensor(output, [sizes.batch, channels_out, ho, wo])?,
