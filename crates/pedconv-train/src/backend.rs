@@ -2,6 +2,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+#[cfg(feature = "cuda")]
+use burn::tensor::backend::distributed::DistributedBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use clap::ValueEnum;
@@ -42,10 +44,45 @@ impl BackendChoice {
     }
 }
 
-/// Work to run on whichever backend was chosen.
+/// Work to run on one device of whichever backend was chosen.
 pub trait BackendJob {
     type Output;
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output, String>;
+}
+
+/// Work to run on several devices of the chosen backend at once (training).
+pub trait ParallelJob {
+    type Output;
+    /// Runs on `devices`, the first the main one (on a CPU backend, one worker per entry on
+    /// its one device).
+    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Result<Self::Output, String>;
+    /// Runs on several GPUs of a backend with collective operations (distributed data
+    /// parallel).
+    #[cfg(feature = "cuda")]
+    fn run_distributed<B: DistributedBackend>(
+        self,
+        devices: Vec<B::Device>,
+    ) -> Result<Self::Output, String>;
+}
+
+/// A one-device job as a parallel job of one device.
+struct OnOneDevice<J>(J);
+
+impl<J: BackendJob> ParallelJob for OnOneDevice<J> {
+    type Output = J::Output;
+
+    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Result<J::Output, String> {
+        let device = devices.into_iter().next().expect("one device");
+        self.0.run::<B>(device)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn run_distributed<B: DistributedBackend>(
+        self,
+        devices: Vec<B::Device>,
+    ) -> Result<J::Output, String> {
+        self.run::<B>(devices)
+    }
 }
 
 /// Runs `attempt`, turning a panic (how burn's GPU runtimes report a missing driver or adapter)
@@ -64,20 +101,21 @@ fn without_panic<T>(attempt: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// Checks that `device` works (GPU backends start their runtime on first use), then runs `job`.
-fn run_checked<B: Backend, J: BackendJob>(
+/// Checks that every device works (GPU backends start their runtime on first use).
+fn check_devices<B: Backend>(
     choice: BackendChoice,
-    index: usize,
-    device: B::Device,
-    job: J,
-) -> Result<J::Output, String> {
-    without_panic(|| Tensor::<B, 1>::zeros([1], &device).into_data()).map_err(|message| {
-        format!(
-            "the {} backend has no usable device {index}: {message}",
-            choice.name()
-        )
-    })?;
-    job.run::<B>(device)
+    indices: &[usize],
+    devices: &[B::Device],
+) -> Result<(), String> {
+    for (index, device) in indices.iter().zip(devices) {
+        without_panic(|| Tensor::<B, 1>::zeros([1], device).into_data()).map_err(|message| {
+            format!(
+                "the {} backend has no usable device {index}: {message}",
+                choice.name()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs `job` on the chosen backend and device (`device` indexes GPUs; CPU backends ignore it).
@@ -86,34 +124,63 @@ pub fn dispatch<J: BackendJob>(
     device: usize,
     job: J,
 ) -> Result<J::Output, String> {
+    dispatch_parallel(choice, &[device], OnOneDevice(job))
+}
+
+/// Runs `job` on the chosen backend's devices of the given indices: GPUs, or on a CPU backend as
+/// many workers on its one device. Several CUDA devices run distributed data parallel.
+pub fn dispatch_parallel<J: ParallelJob>(
+    choice: BackendChoice,
+    indices: &[usize],
+    job: J,
+) -> Result<J::Output, String> {
+    if let Some(index) = indices
+        .iter()
+        .enumerate()
+        .find_map(|(i, index)| indices[..i].contains(index).then_some(index))
+    {
+        return Err(format!("device {index} is listed twice"));
+    }
+    let workers = indices.len();
     match choice {
         #[cfg(feature = "flex")]
-        BackendChoice::Flex => job.run::<burn::backend::Flex>(Default::default()),
+        BackendChoice::Flex => job.run::<burn::backend::Flex>(vec![Default::default(); workers]),
         #[cfg(feature = "ndarray")]
-        BackendChoice::Ndarray => job.run::<burn::backend::NdArray>(Default::default()),
+        BackendChoice::Ndarray => {
+            job.run::<burn::backend::NdArray>(vec![Default::default(); workers])
+        }
         #[cfg(feature = "wgpu")]
         BackendChoice::Wgpu | BackendChoice::Vulkan => {
             use burn::backend::wgpu::{graphics, init_setup, WgpuDevice};
-            let gpu = if device == 0 {
-                WgpuDevice::DefaultDevice
-            } else {
-                WgpuDevice::DiscreteGpu(device)
+            // One device is the platform's default GPU for index 0; several are always
+            // numbered, so that 0 and 1 are two adapters.
+            let gpu = |index: usize| match index {
+                0 if workers == 1 => WgpuDevice::DefaultDevice,
+                index => WgpuDevice::DiscreteGpu(index),
             };
+            let gpus: Vec<WgpuDevice> = indices.iter().map(|&index| gpu(index)).collect();
             if choice == BackendChoice::Vulkan {
-                without_panic(|| init_setup::<graphics::Vulkan>(&gpu, Default::default()))
-                    .map_err(|message| {
-                        format!("no Vulkan adapter for device {device}: {message}")
-                    })?;
+                for (index, gpu) in indices.iter().zip(&gpus) {
+                    without_panic(|| init_setup::<graphics::Vulkan>(gpu, Default::default()))
+                        .map_err(|message| {
+                            format!("no Vulkan adapter for device {index}: {message}")
+                        })?;
+                }
             }
-            run_checked::<burn::backend::Wgpu, J>(choice, device, gpu, job)
+            check_devices::<burn::backend::Wgpu>(choice, indices, &gpus)?;
+            job.run::<burn::backend::Wgpu>(gpus)
         }
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => run_checked::<burn::backend::Cuda, J>(
-            choice,
-            device,
-            burn::backend::cuda::CudaDevice::new(device),
-            job,
-        ),
+        BackendChoice::Cuda => {
+            use burn::backend::cuda::CudaDevice;
+            let gpus: Vec<CudaDevice> = indices.iter().map(|&i| CudaDevice::new(i)).collect();
+            check_devices::<burn::backend::Cuda>(choice, indices, &gpus)?;
+            if workers > 1 {
+                job.run_distributed::<burn::backend::Cuda>(gpus)
+            } else {
+                job.run::<burn::backend::Cuda>(gpus)
+            }
+        }
         #[allow(unreachable_patterns)]
         other => Err(format!(
             "the `{}` backend is not compiled into this build: rebuild with `--features {}`",

@@ -33,11 +33,17 @@ pub struct TrainConfig {
     /// Training epochs.
     #[config(default = 8)]
     pub epochs: usize,
-    /// Images per forward and backward pass.
+    /// Images per forward and backward pass on each device.
     #[config(default = 64)]
     pub batch_size: usize,
-    /// Images per optimizer step, a multiple of `batch_size`: the gradients of
-    /// `optimizer_batch_size / batch_size` passes are averaged before each step. `None`: one pass.
+    /// Data-parallel devices (GPUs, or workers on a CPU backend), each with its own copy of the
+    /// model and its own shard of every epoch; `devices × batch_size` images make the global
+    /// batch of one pass. `pedconv train --devices` sets it.
+    #[config(default = 1)]
+    pub devices: usize,
+    /// Images per optimizer step, a multiple of the global batch (`devices × batch_size`): the
+    /// gradients of `optimizer_batch_size / (devices × batch_size)` passes are averaged before
+    /// each step. `None`: one pass.
     #[config(default = "None")]
     pub optimizer_batch_size: Option<usize>,
     /// The peak learning rate for `lr_reference_batch` images; the run's peak is scaled linearly to
@@ -118,12 +124,17 @@ impl TrainConfig {
 
     /// Images per optimizer step.
     pub fn optimizer_batch(&self) -> usize {
-        self.optimizer_batch_size.unwrap_or(self.batch_size)
+        self.optimizer_batch_size.unwrap_or(self.global_batch())
     }
 
-    /// Forward and backward passes per optimizer step.
+    /// Images of one pass over all devices.
+    pub fn global_batch(&self) -> usize {
+        self.devices * self.batch_size
+    }
+
+    /// Forward and backward passes (of every device) per optimizer step.
     pub fn accumulation(&self) -> usize {
-        self.optimizer_batch() / self.batch_size
+        self.optimizer_batch() / self.global_batch()
     }
 
     /// The peak learning rate of this run.
@@ -140,17 +151,20 @@ impl TrainConfig {
         let positive = [
             ("epochs", self.epochs),
             ("batch_size", self.batch_size),
+            ("devices", self.devices),
             ("lr_reference_batch", self.lr_reference_batch),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive, got 0"));
         }
         if let Some(optimizer_batch) = self.optimizer_batch_size {
-            if optimizer_batch == 0 || optimizer_batch % self.batch_size != 0 {
+            if optimizer_batch == 0 || optimizer_batch % self.global_batch() != 0 {
                 return Err(format!(
                     "optimizer_batch_size ({optimizer_batch}) must be a positive multiple of \
-                     batch_size ({})",
-                    self.batch_size
+                     the global batch, devices ({}) × batch_size ({}) = {}",
+                    self.devices,
+                    self.batch_size,
+                    self.global_batch()
                 ));
             }
         }
@@ -204,9 +218,11 @@ impl TrainConfig {
         }
         if self.optimizer_batch() > train_images {
             return Err(format!(
-                "the optimizer batch ({} images: batch_size {} × {} passes) is larger than the \
-                 {train_images} training images; lower batch_size or optimizer_batch_size",
+                "the optimizer batch ({} images: {} devices × batch_size {} × {} passes) is \
+                 larger than the {train_images} training images; lower batch_size or \
+                 optimizer_batch_size",
                 self.optimizer_batch(),
+                self.devices,
                 self.batch_size,
                 self.accumulation()
             ));
@@ -281,9 +297,10 @@ mod tests {
                 assert_eq!(config.warmup_epochs, 8, "{name}");
                 assert_eq!(config.decay, LrDecay::Cosine, "{name}");
                 assert_eq!((config.momentum, config.mixup), (0.875, 0.2), "{name}");
-                // 8 GPUs × 64 images = 512 per step at lr 0.512, on one device by accumulating
-                // 8 passes of 64.
-                assert_eq!(config.batch_size, 64, "{name}");
+                // 8 GPUs × 64 images = 512 per step at lr 0.512, without accumulation
+                // (`--devices 0` trains the same steps on one device in 8 passes of 64).
+                assert_eq!((config.devices, config.batch_size), (8, 64), "{name}");
+                assert_eq!(config.accumulation(), 1, "{name}");
                 assert_eq!(config.optimizer_batch(), 512, "{name}");
                 assert_eq!(config.peak_lr(), 0.512, "{name}");
                 assert_eq!(config.weight_decay, 3.0517578125e-05, "{name}");
@@ -312,6 +329,12 @@ mod tests {
     fn invalid_values_are_named() {
         assert!(error_of(|c| c.epochs = 0).contains("epochs"));
         assert!(error_of(|c| c.optimizer_batch_size = Some(100)).contains("optimizer_batch_size"));
+        let two_devices = |c: &mut TrainConfig| {
+            c.devices = 2;
+            c.optimizer_batch_size = Some(3 * c.batch_size);
+        };
+        assert!(error_of(two_devices).contains("devices (2) × batch_size"));
+        assert!(error_of(|c| c.devices = 0).contains("devices must be positive"));
         assert!(error_of(|c| c.label_smoothing = 1.0).contains("label_smoothing"));
         assert!(error_of(|c| c.mixup = -0.1).contains("mixup"));
         assert!(error_of(|c| c.warmup_epochs = 9).contains("warmup_epochs"));

@@ -15,7 +15,7 @@ use crate::backend::BackendJob;
 use crate::config::TrainConfig;
 use crate::data::folder::ImageFolder;
 use crate::data::transform::eval_image;
-use crate::train::Classifier;
+use crate::train::{Classifier, GradientReduction};
 
 /// What `eval` measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,7 +123,7 @@ fn load_model<B: Backend>(
             Ok(model) => model,
             // A training checkpoint (`checkpoint/model-N.mpk`) holds the network inside the
             // record of its training objective.
-            Err(error) => Classifier::new(model, &TrainConfig::builtin())
+            Err(error) => Classifier::new(model, &TrainConfig::builtin(), GradientReduction::Sum)
                 .load_file(weights.to_path_buf(), &DefaultRecorder::new(), device)
                 .map(|classifier| classifier.net)
                 .map_err(|_| error.to_string())?,

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use burn::config::Config;
 use clap::{Parser, Subcommand};
 
-use backend::{dispatch, BackendChoice};
+use backend::{dispatch, dispatch_parallel, BackendChoice};
 use bench::memory::CountingAllocator;
 use bench::{Bench, Checkpointing};
 use config::TrainConfig;
@@ -63,7 +63,7 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     config: Option<PathBuf>,
     /// Continue the stopped run in this directory from its last checkpoint, with its saved
-    /// configuration (only --epochs, --lr, --backend and --device may be given with it).
+    /// configuration (only --epochs, --lr, --backend, --device and --devices may be given with it).
     #[arg(
         long,
         conflicts_with_all = ["output", "batch_size", "seed", "data", "num_classes", "print_config"]
@@ -96,9 +96,14 @@ struct TrainArgs {
     /// The compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Flex)]
     backend: BackendChoice,
-    /// The GPU index, for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    device: usize,
+    /// Train on this one GPU (index), for GPU backends.
+    #[arg(long, conflicts_with = "devices")]
+    device: Option<usize>,
+    /// Train data-parallel on these GPUs (`0,1,2,3`), each with its own shard of every epoch
+    /// and `batch_size` images per pass; on a CPU backend, as many workers on the CPU. Default:
+    /// the configuration's `devices`, numbered from 0.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    devices: Option<Vec<usize>>,
     /// Print the configuration (after the overrides) as JSON and exit, without training.
     #[arg(long)]
     print_config: bool,
@@ -149,6 +154,20 @@ fn train(args: TrainArgs) -> Result<(), String> {
     if let Some(seed) = args.seed {
         config.seed = seed;
     }
+    let devices = match (args.device, args.devices) {
+        (Some(device), _) => vec![device],
+        (None, Some(devices)) => devices,
+        (None, None) => (0..config.devices).collect(),
+    };
+    if resume_from > 0 && devices.len() != config.devices {
+        return Err(format!(
+            "{} was trained on {trained} devices, and its shards and schedule depend on their \
+             number; resume it on {trained} (--devices with {trained} indices)",
+            output.display(),
+            trained = config.devices
+        ));
+    }
+    config.devices = devices.len();
     if let Some(path) = args.data {
         config.data.source = DataSource::Folder { path };
     }
@@ -180,20 +199,29 @@ fn train(args: TrainArgs) -> Result<(), String> {
             output.display()
         ));
     }
+    let on = match devices.as_slice() {
+        [_] => args.backend.name().to_string(),
+        several => format!(
+            "{} devices {:?} of {} ({} per device)",
+            several.len(),
+            several,
+            args.backend.name(),
+            config.batch_size
+        ),
+    };
     println!(
-        "{} epochs {} of {} (batch {}, {} per optimizer step, peak lr {:.4}) on {}; run directory {}",
+        "{} epochs {} of {} (batch {}, {} per optimizer step, peak lr {:.4}) on {on}; run directory {}",
         if resume_from > 0 { "resuming" } else { "training" },
         if resume_from > 0 { format!("{}-{}", resume_from + 1, config.epochs) } else { config.epochs.to_string() },
         describe(&config.data.source),
-        config.batch_size,
+        config.global_batch(),
         config.optimizer_batch(),
         config.peak_lr(),
-        args.backend.name(),
         output.display()
     );
-    dispatch(
+    dispatch_parallel(
         args.backend,
-        args.device,
+        &devices,
         Training {
             config,
             output,

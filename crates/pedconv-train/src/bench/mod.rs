@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::backend::BackendJob;
 use crate::config::TrainConfig;
 use crate::data::{Batch, DataConfig, DataSource};
-use crate::train::Classifier;
+use crate::train::{Classifier, GradientReduction};
 use memory::{measure, Measure};
 
 /// What to measure.
@@ -276,6 +276,7 @@ fn bench_network<B: Backend, C: CheckpointStrategy>(
     let mut model = Some(Classifier::new(
         config.init::<Autodiff<B, C>>(device),
         &recipe,
+        GradientReduction::Sum,
     ));
     let mut optimizer = recipe
         .optimizer()
@@ -323,6 +324,7 @@ fn synthetic_batch(batch: usize, size: usize, classes: usize) -> Batch {
         images: TensorData::new(images, [batch, 3, size, size]),
         targets: TensorData::new(targets, [batch, classes]),
         labels,
+        noise_seed: 1,
     }
 }
 

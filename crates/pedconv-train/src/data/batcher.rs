@@ -73,14 +73,19 @@ impl BadImages {
     }
 }
 
+/// Tells the noise seeds apart from the mixup's.
+const NOISE_STREAM: u64 = 0x006E_6F69_7365;
+
 /// A batch on the CPU (loader threads never touch the device): images `[n, 3, side, side]`,
 /// target distributions `[n, classes]` (one-hot, or two classes mixed by mixup) and the
-/// dominant class of each image.
+/// dominant class of each image; and the seed of the training forward's random numbers
+/// (PEDConv's noise), a function of the batch's images and epoch alone.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub images: TensorData,
     pub targets: TensorData,
     pub labels: Vec<i64>,
+    pub noise_seed: u64,
 }
 
 /// A batch on the device.
@@ -170,7 +175,8 @@ impl ImageBatcher {
             .install(|| samples.par_iter().map(|&s| self.load(s)).collect());
         let count = loaded.len();
         let plane = 3 * self.side * self.side;
-        let mut rng = Rng::new(seed_of(&samples.iter().map(|s| s.seed).collect::<Vec<_>>()));
+        let batch_seed = seed_of(&samples.iter().map(|s| s.seed).collect::<Vec<_>>());
+        let mut rng = Rng::new(batch_seed);
         let (lambda, partner) = if self.mixup > 0.0 {
             (rng.beta(self.mixup, self.mixup), rng.permutation(count))
         } else {
@@ -195,6 +201,7 @@ impl ImageBatcher {
             images: TensorData::new(images, [count, 3, self.side, self.side]),
             targets: TensorData::new(targets, [count, self.classes]),
             labels,
+            noise_seed: seed_of(&[batch_seed, NOISE_STREAM]),
         }
     }
 }

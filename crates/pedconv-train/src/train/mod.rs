@@ -10,16 +10,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::Optimizer;
 use burn::record::Recorder;
+#[cfg(feature = "cuda")]
+use burn::tensor::backend::distributed::{DistributedBackend, DistributedConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::renderer::tui::TuiMetricsRendererWrapper;
-use burn::train::{Interrupter, Learner, SupervisedTraining};
+use burn::train::{
+    ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining,
+};
 
-use crate::backend::BackendJob;
+use crate::backend::ParallelJob;
 use crate::config::TrainConfig;
 use crate::data::batcher::{BadImages, ImageBatcher};
 use crate::data::loader::EpochLoader;
@@ -29,7 +34,7 @@ use crate::schedule::Schedule;
 use checkpoints::{checkpoint_file, saved_epochs, KeepLastAndBest};
 use durable::write_file;
 use durable::DurableRecorder;
-pub use objective::Classifier;
+pub use objective::{Classifier, GradientReduction};
 use progress::{read_journal, rewrite_journal, EpochLog, EpochRecord, LineRenderer, RunLog};
 
 /// A training run to launch on a backend.
@@ -58,11 +63,24 @@ pub fn last_checkpoint(output: &Path) -> Option<usize> {
     saved_epochs(&checkpoint_dir(output)).last().copied()
 }
 
-impl BackendJob for Training {
+impl ParallelJob for Training {
     type Output = ();
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<(), String> {
-        run::<burn::backend::Autodiff<B>>(self, device)
+    /// burn-train's multi-device strategy (one device: the single-device one), whose sum of
+    /// the devices' gradients the objective's scale makes a mean.
+    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Result<(), String> {
+        let strategy = ExecutionStrategy::multi(devices, MultiDeviceOptim::OptimMainDevice);
+        run::<Autodiff<B>>(self, strategy, GradientReduction::Sum)
+    }
+
+    /// burn-train's distributed data parallel, whose all-reduce averages the gradients.
+    #[cfg(feature = "cuda")]
+    fn run_distributed<B: DistributedBackend>(self, devices: Vec<B::Device>) -> Result<(), String> {
+        let all_reduce = DistributedConfig {
+            all_reduce_op: burn::tensor::backend::distributed::ReduceOperation::Mean,
+        };
+        let strategy = ExecutionStrategy::ddp(devices, all_reduce);
+        run::<Autodiff<B>>(self, strategy, GradientReduction::DeviceMean)
     }
 }
 
@@ -131,15 +149,20 @@ fn newest_readable_checkpoint<B: AutodiffBackend, O: Optimizer<Classifier<B>, B>
     ))
 }
 
-fn run<B: AutodiffBackend>(job: Training, device: B::Device) -> Result<(), String> {
+fn run<B: AutodiffBackend>(
+    job: Training,
+    execution: ExecutionStrategy<B>,
+    reduction: GradientReduction,
+) -> Result<(), String> {
     let config = &job.config;
+    let device = execution.main_device().clone();
     let data = config.data.open(config.seed)?;
     config.check_data(data.classes, data.train.source.len())?;
     // The initialisation (replaced by the checkpoint when resuming); the training loader seeds
     // the generator again at the start of every epoch.
     B::seed(&device, config.seed);
     let optimizer = config.optimizer().init();
-    let model = Classifier::new(config.model.init(&device), config);
+    let model = Classifier::new(config.model.init(&device), config, reduction);
     let resume_from = match job.resume_from {
         0 => 0,
         newest => newest_readable_checkpoint(&job.output, newest, &optimizer, &device)?,
@@ -172,22 +195,24 @@ fn run<B: AutodiffBackend>(job: Training, device: B::Device) -> Result<(), Strin
         config.batch_size,
         config.seed,
         true,
+        config.devices,
         first_epoch,
-        device.clone(),
     );
     let valid_loader = EpochLoader::<B::InnerBackend>::new(
         batcher(&data.valid, 0.0, &bad_valid)?,
         config.batch_size,
         config.seed,
         false,
+        1,
         first_epoch,
-        Default::default(),
     );
+    // burn-train steps the schedule once per pass of all the devices: once per batch of a shard.
+    let shard = data.train.source.len() / config.devices;
     let schedule = Schedule::new(
         config.peak_lr(),
         config.warmup_epochs,
         config.epochs,
-        data.train.source.len().div_ceil(config.batch_size),
+        shard.div_ceil(config.batch_size),
         &config.decay,
     );
 
@@ -227,7 +252,8 @@ fn run<B: AutodiffBackend>(job: Training, device: B::Device) -> Result<(), Strin
             .with_checkpointing_strategy(strategy)
             .with_interrupter(interrupter.clone())
             .grads_accumulation(config.accumulation())
-            .num_epochs(config.epochs);
+            .num_epochs(config.epochs)
+            .with_training_strategy(execution.into());
     training = if terminal {
         training.renderer(TuiMetricsRendererWrapper::new(
             interrupter.clone(),

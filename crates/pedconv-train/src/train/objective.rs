@@ -2,6 +2,8 @@
 //! distributions, plus the weighted information-maximisation loss, with weight decay on every
 //! parameter but the batch norms'.
 
+use std::sync::{Mutex, PoisonError};
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
@@ -20,21 +22,44 @@ pub struct Classifier<B: Backend> {
     label_smoothing: f64,
     info_max_weight: f64,
     weight_decay: f64,
-    /// `1 / passes per optimizer step`: burn-train sums the gradients of the passes it
-    /// accumulates, the reference averages them.
+    /// The share of one pass's gradients in an optimizer step's, which averages the gradients
+    /// of the step's batch as the reference does: burn-train sums the passes it accumulates
+    /// (and, on several devices without an all-reduce, the devices' passes).
     gradient_scale: f64,
 }
 
+/// How the gradients of the devices' passes are combined into an optimizer step's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradientReduction {
+    /// Summed over the passes and the devices (burn-train's accumulation and its multi-device
+    /// strategy).
+    Sum,
+    /// Averaged over the devices by an all-reduce after every pass (distributed data
+    /// parallel), then summed over the passes.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    DeviceMean,
+}
+
+/// The backend's random generator is one per process: a training forward seeds it with its
+/// batch's noise seed and draws its noise holding this lock, so that devices working at once
+/// draw the same noise whatever their timing, and a resumed run the same as an uninterrupted one.
+static NOISE_DRAWS: Mutex<()> = Mutex::new(());
+
 impl<B: Backend> Classifier<B> {
-    /// `net` with the objective of `recipe` (its label smoothing, info-max weight, weight decay
-    /// and passes per optimizer step).
-    pub fn new(net: ResNet<B>, recipe: &TrainConfig) -> Self {
+    /// `net` with the objective of `recipe` (its label smoothing, info-max weight, weight
+    /// decay, and the passes and devices per optimizer step, whose gradients `reduction`
+    /// combines).
+    pub fn new(net: ResNet<B>, recipe: &TrainConfig, reduction: GradientReduction) -> Self {
+        let images_per_pass = match reduction {
+            GradientReduction::Sum => recipe.batch_size,
+            GradientReduction::DeviceMean => recipe.global_batch(),
+        };
         Self {
             net,
             label_smoothing: recipe.label_smoothing,
             info_max_weight: recipe.info_max_weight,
             weight_decay: recipe.weight_decay,
-            gradient_scale: 1.0 / recipe.accumulation() as f64,
+            gradient_scale: images_per_pass as f64 / recipe.optimizer_batch() as f64,
         }
     }
 
@@ -58,8 +83,14 @@ impl<B: AutodiffBackend> TrainStep for Classifier<B> {
     type Output = ClassificationOutput<B>;
 
     fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput<B>> {
-        let batch = batch.into_device::<B>(&self.device());
-        let out = self.net.forward_train(batch.images);
+        let device = self.device();
+        let noise_seed = batch.noise_seed;
+        let batch = batch.into_device::<B>(&device);
+        let out = {
+            let _drawing = NOISE_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
+            B::seed(&device, noise_seed);
+            self.net.forward_train(batch.images)
+        };
         let task = self.task_loss(out.logits.clone(), batch.targets);
         let loss = match out.info_max_loss {
             Some(info_max) => task.clone() + info_max.mul_scalar(self.info_max_weight),
@@ -148,7 +179,7 @@ mod tests {
             .with_weight_decay(weight_decay)
             .with_batch_size(8)
             .with_optimizer_batch_size(Some(8 * accumulation));
-        Classifier::new(net, &recipe)
+        Classifier::new(net, &recipe, GradientReduction::Sum)
     }
 
     fn batch() -> Batch {
@@ -161,6 +192,7 @@ mod tests {
             ),
             targets: TensorData::new(vec![1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0], [2, 3]),
             labels: vec![0, 2],
+            noise_seed: 5,
         }
     }
 
@@ -246,9 +278,21 @@ mod tests {
     }
 
     /// With 4 passes per optimizer step, each pass's gradients (decay included) are a quarter
-    /// of a single pass's, so that burn-train's sum over the 4 passes is their mean.
+    /// of a single pass's, so that burn-train's sum over the 4 passes is their mean; on 2
+    /// devices, a pass is an eighth of the step's batch when burn-train sums the devices'
+    /// gradients, a quarter when an all-reduce averages them.
     #[test]
     fn accumulated_gradients_are_scaled_to_a_mean() {
+        let recipe = TrainConfig::builtin()
+            .with_batch_size(8)
+            .with_devices(2)
+            .with_optimizer_batch_size(Some(64));
+        let scale = |reduction| {
+            Classifier::new(classifier(0.0, 1).net, &recipe, reduction).gradient_scale
+        };
+        assert_eq!(scale(GradientReduction::Sum), 0.125);
+        assert_eq!(scale(GradientReduction::DeviceMean), 0.25);
+
         let single = classifier(0.5, 1);
         let g1 = grads(&single);
         let quarter = Classifier {
