@@ -432,6 +432,85 @@ fn resume_is_exact_and_skips_damaged_checkpoints() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Two workers on the CPU (`--devices 0,1`): three epochs straight, and one then a resume for
+/// two more, end with the same model and metrics, as on one device; a resume on another number
+/// of devices, and a device listed twice, are refused.
+#[test]
+fn two_devices_resume_exactly() {
+    let dir = scratch("devices-resume");
+    let config = tiny_config(&dir);
+    edit_config(&config, |config| {
+        config["epochs"] = 3.into();
+        config["keep_checkpoints"] = 3.into();
+        config["mixup"] = 0.2.into();
+    });
+    let straight = dir.join("straight");
+    let (ok, stdout, stderr) = pedconv(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--devices",
+        "0,1",
+        "--output",
+        straight.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("batch 32,") && stdout.contains("2 devices [0, 1] of flex (16 per device)"),
+        "{stdout}"
+    );
+    let resumed = dir.join("resumed");
+    copy_run(&straight, &resumed);
+    forget_epochs(&resumed, &[2, 3]);
+    let run = resumed.to_str().unwrap();
+    let (ok, _, stderr) = pedconv(&["train", "--resume", run, "--devices", "0"]);
+    assert!(
+        !ok && stderr.contains("was trained on 2 devices"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = pedconv(&["train", "--resume", run]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("resuming epochs 2-3"), "{stdout}");
+    assert_same_metrics(&straight, &resumed);
+    assert!(
+        std::fs::read(resumed.join("model.mpk")).unwrap()
+            == std::fs::read(straight.join("model.mpk")).unwrap(),
+        "the resumed run's final model differs from the straight run's"
+    );
+
+    let output = dir.join("twice");
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--devices",
+        "1,0,1",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("device 1 is listed twice"), "{stderr}");
+    assert!(!output.exists(), "a run that cannot start leaves nothing behind");
+}
+
+/// The built-in data on two workers of 32 images learns as one device of 64 does (the same
+/// global batch and learning rate): best validation top-1 within 2 points.
+#[test]
+fn two_devices_learn_the_builtin_data_as_one() {
+    let dir = scratch("devices-builtin");
+    let best = |name: &str, extra: &[&str]| {
+        let output = dir.join(name);
+        let mut args = vec!["train", "--output", output.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (ok, _, stderr) = pedconv(&args);
+        assert!(ok, "{stderr}");
+        report(&output)["best_top1"].as_f64().unwrap()
+    };
+    let one = best("one", &[]);
+    let two = best("two", &["--devices", "0,1", "--batch-size", "32"]);
+    assert!(one > 90.0, "one device: {one}%");
+    assert!((one - two).abs() <= 2.0, "one device {one}%, two {two}%");
+}
+
 /// With the default configuration, `--data` takes the number of classes from the folder;
 /// `--num-classes` sets it and is checked; a batch larger than the training split is refused.
 #[test]
