@@ -488,8 +488,14 @@ fn two_devices_resume_exactly() {
         "--output",
         output.to_str().unwrap(),
     ]);
-    assert!(!ok && stderr.contains("device 1 is listed twice"), "{stderr}");
-    assert!(!output.exists(), "a run that cannot start leaves nothing behind");
+    assert!(
+        !ok && stderr.contains("device 1 is listed twice"),
+        "{stderr}"
+    );
+    assert!(
+        !output.exists(),
+        "a run that cannot start leaves nothing behind"
+    );
 }
 
 /// The built-in data on two workers of 32 images learns as one device of 64 does (the same

@@ -7,6 +7,8 @@ use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
+use crate::precision::{at_least_f32, linear};
+
 /// Sizes of the three attention factors of one layer, per rank-1 term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionSizes {
@@ -131,10 +133,10 @@ impl<B: Backend> Attention<B> {
         sizes: AttentionSizes,
         noise: Option<(AttentionNoise<B>, f64)>,
     ) -> AttentionPass<B> {
-        let hidden = relu(self.fc_share.forward(pooled));
-        let mut z_in = self.fc_inp.forward(hidden.clone());
-        let mut z_out = self.fc_oup.forward(hidden.clone());
-        let mut z_k = self.fc_k.forward(hidden);
+        let hidden = relu(linear(&self.fc_share, pooled));
+        let mut z_in = linear(&self.fc_inp, hidden.clone());
+        let mut z_out = linear(&self.fc_oup, hidden.clone());
+        let mut z_k = linear(&self.fc_k, hidden);
         if let Some((noise, std)) = noise {
             check_noise_shape("input", &noise.input, &z_in);
             check_noise_shape("output", &noise.output, &z_out);
@@ -159,10 +161,12 @@ impl<B: Backend> Attention<B> {
 
 impl<B: Backend> InfoMaxDecoder<B> {
     /// The information-maximisation loss: the mean squared error between the pooled input (as a
-    /// constant target) and its reconstruction from the logits. Shape `[1]`.
+    /// constant target) and its reconstruction from the logits, in float32 at least. Shape `[1]`.
     pub(crate) fn loss(&self, logits: Tensor<B, 2>, pooled: Tensor<B, 2>) -> Tensor<B, 1> {
-        let reconstruction = self.output.forward(relu(self.hidden.forward(logits)));
-        (reconstruction - pooled.detach()).square().mean()
+        let reconstruction = linear(&self.output, relu(linear(&self.hidden, logits)));
+        (at_least_f32(reconstruction) - at_least_f32(pooled.detach()))
+            .square()
+            .mean()
     }
 }
 

@@ -51,6 +51,7 @@ pub mod onnx;
 mod paths;
 mod pedconv2d;
 mod pool;
+mod precision;
 pub mod resnet;
 #[cfg(test)]
 mod testing;

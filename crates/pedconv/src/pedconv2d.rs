@@ -9,6 +9,7 @@ use crate::attention::{Attention, AttentionFactors, AttentionNoise, AttentionSiz
 use crate::config::{ComputePath, PedConv2dConfig};
 use crate::geometry::ConvGeometry;
 use crate::paths::{self, ConvLayout, StaticConv};
+use crate::precision::cast_to;
 use crate::Error;
 
 /// A parameter-efficient dynamic convolution (PEDConv): a 2-D convolution whose kernel is, for
@@ -286,7 +287,7 @@ impl<B: Backend> PedConv2d<B> {
     ) -> Tensor<B, 4> {
         let channels_out = self.weight.dims()[0];
         let conv = StaticConv {
-            weight: self.weight.val(),
+            weight: cast_to(self.weight.val(), input.dtype()),
             layout: ConvLayout {
                 stride: self.stride,
                 dilation: self.dilation,

@@ -20,9 +20,7 @@ use burn::tensor::backend::distributed::{DistributedBackend, DistributedConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::renderer::tui::TuiMetricsRendererWrapper;
-use burn::train::{
-    ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining,
-};
+use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
 
 use crate::backend::ParallelJob;
 use crate::config::TrainConfig;
@@ -480,13 +478,15 @@ mod tests {
         let (two, one) = (train_folded(2, 4), train_folded(1, 8));
         assert_eq!(two.1.len(), one.1.len());
         let largest = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let difference = |a: &[f32], b: &[f32]| {
-            a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        };
+        let difference =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         for (i, ((a, b), start)) in two.1.iter().zip(&one.1).zip(&one.0).enumerate() {
             let scale = largest(b).max(1e-12);
             let error = difference(a, b);
-            assert!(error <= 1e-5 * scale, "parameter {i}: {error} (scale {scale})");
+            assert!(
+                error <= 1e-5 * scale,
+                "parameter {i}: {error} (scale {scale})"
+            );
             assert_eq!(start, &two.0[i], "the same initialisation");
         }
         // The steps are small (a deep network without batch norms): a quarter of the

@@ -287,9 +287,8 @@ mod tests {
             .with_batch_size(8)
             .with_devices(2)
             .with_optimizer_batch_size(Some(64));
-        let scale = |reduction| {
-            Classifier::new(classifier(0.0, 1).net, &recipe, reduction).gradient_scale
-        };
+        let scale =
+            |reduction| Classifier::new(classifier(0.0, 1).net, &recipe, reduction).gradient_scale;
         assert_eq!(scale(GradientReduction::Sum), 0.125);
         assert_eq!(scale(GradientReduction::DeviceMean), 0.25);
 

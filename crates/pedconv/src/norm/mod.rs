@@ -18,6 +18,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::precision::{at_least_f32, is_half};
+
 /// What follows a batch norm: an optional residual to add, then an optional ReLU.
 #[derive(Debug, Clone)]
 pub(crate) struct Epilogue<B: Backend> {
@@ -28,12 +30,21 @@ pub(crate) struct Epilogue<B: Backend> {
 }
 
 /// `relu(bn(x) + residual)`, each part as `epilogue` asks; `bn` updates its running statistics
-/// in training as burn's `BatchNorm::forward` does.
+/// in training as burn's `BatchNorm::forward` does. Half-precision inputs normalise in float32,
+/// the output cast back to their type.
 pub(crate) fn batch_norm<B: Backend>(
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
     epilogue: Epilogue<B>,
 ) -> Tensor<B, 4> {
+    let dtype = x.dtype();
+    if is_half(dtype) {
+        let epilogue = Epilogue {
+            residual: epilogue.residual.map(at_least_f32),
+            relu: epilogue.relu,
+        };
+        return batch_norm(bn, at_least_f32(x), epilogue).cast(dtype);
+    }
     #[cfg(feature = "flex")]
     if let Some(output) = flex::forward(bn, &x, &epilogue) {
         return output;

@@ -20,6 +20,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::attention::AttentionFactors;
 use crate::geometry::ConvGeometry;
+use crate::precision::cast_to;
 
 /// Everything but the weight that fixes how a convolution maps its input: what the columns
 /// formulation needs to rebuild its im2col in the backward pass.
@@ -217,8 +218,9 @@ pub(crate) fn static_convolution<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) 
         // burn's convolution reports the shapes that do not fit.
         Err(_) => return conv.forward(x),
     };
+    let dtype = x.dtype();
     let layer = StaticConv {
-        weight: conv.weight.val(),
+        weight: cast_to(conv.weight.val(), dtype),
         layout: ConvLayout {
             stride: conv.stride,
             dilation: conv.dilation,
@@ -226,7 +228,7 @@ pub(crate) fn static_convolution<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) 
             geometry,
         },
     };
-    let bias = conv.bias.as_ref().map(|bias| bias.val());
+    let bias = conv.bias.as_ref().map(|bias| cast_to(bias.val(), dtype));
     if !fused_columns::<B>() {
         let (x, options) = layer.prepare(x, conv.kernel_size);
         return conv2d(x, layer.weight, bias, options);

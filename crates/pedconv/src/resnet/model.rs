@@ -16,6 +16,7 @@ use crate::norm::{batch_norm, Epilogue};
 use crate::paths::static_convolution;
 use crate::pedconv2d::PedConv2d;
 use crate::pool::max_pool;
+use crate::precision::linear;
 use crate::Error;
 
 /// Where a training forward collects the info-max losses of the dynamic convolutions; `None`
@@ -257,7 +258,7 @@ impl<B: Backend> ResNet<B> {
             x = block.forward(x, losses.as_deref_mut());
         }
         let features = self.avgpool.forward(x).flatten(1, 3);
-        self.fc.forward(features)
+        linear(&self.fc, features)
     }
 }
 
