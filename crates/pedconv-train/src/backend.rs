@@ -87,7 +87,7 @@ impl<J: BackendJob> ParallelJob for OnOneDevice<J> {
 
 /// Runs `attempt`, turning a panic (how burn's GPU runtimes report a missing driver or adapter)
 /// into an error message, without printing the panic.
-fn without_panic<T>(attempt: impl FnOnce() -> T) -> Result<T, String> {
+pub fn without_panic<T>(attempt: impl FnOnce() -> T) -> Result<T, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = catch_unwind(AssertUnwindSafe(attempt));

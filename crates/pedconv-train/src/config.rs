@@ -3,9 +3,12 @@
 use burn::config::Config;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::SgdConfig;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, ElementConversion, Tensor};
 use pedconv::resnet::{ResNetConfig, ResNetDepth};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::without_panic;
 use crate::data::builtin::CLASSES;
 use crate::data::{DataConfig, DataSource};
 
@@ -87,6 +90,64 @@ pub struct TrainConfig {
     /// against them; `--num-classes` turns it off.
     #[config(default = false)]
     pub classes_from_data: bool,
+    /// The float type the network computes in; parameters, optimizer state, batch norms and
+    /// losses stay in float32.
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
+}
+
+/// The float type of a network's computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 throughout.
+    F32,
+    /// bfloat16 (8 significant bits, float32's range).
+    Bf16,
+    /// float16 (11 significant bits, a range to 65504), with dynamic loss scaling in training.
+    F16,
+}
+
+impl Precision {
+    /// burn's type of it.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    /// The name on the command line and in configurations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+
+    /// Checks that `B` computes in this type on `device` (burn's CPU ndarray backend has no half
+    /// types; a GPU may lack float16), naming the backend.
+    pub fn check<B: Backend>(self, backend: &str, device: &B::Device) -> Result<(), String> {
+        let dtype = self.dtype();
+        let probe = || {
+            let ones = Tensor::<B, 1>::ones([4], (device, dtype));
+            let kept = ones.dtype();
+            (kept, ones.sum().cast(DType::F32).into_scalar().elem::<f32>())
+        };
+        match without_panic(probe) {
+            Ok((kept, sum)) if kept == dtype && sum == 4.0 => Ok(()),
+            Ok(_) => Err(format!(
+                "the {backend} backend cannot compute in {}: it keeps its tensors in another type",
+                self.name()
+            )),
+            Err(message) => Err(format!(
+                "the {backend} backend cannot compute in {}: {message}",
+                self.name()
+            )),
+        }
+    }
 }
 
 impl TrainConfig {

@@ -12,7 +12,7 @@ use pedconv::resnet::{ImportMode, ResNet, ResNetConfig};
 use rayon::prelude::*;
 
 use crate::backend::BackendJob;
-use crate::config::TrainConfig;
+use crate::config::{Precision, TrainConfig};
 use crate::data::folder::ImageFolder;
 use crate::data::transform::eval_image;
 use crate::train::{Classifier, GradientReduction};
@@ -67,6 +67,9 @@ pub struct Evaluation {
     /// Stop when more than this fraction of the images cannot be read.
     pub max_bad_fraction: f64,
     pub progress: bool,
+    /// The float type the network computes in, on the backend of this name.
+    pub precision: Precision,
+    pub backend: String,
 }
 
 /// Whether `path` names a PyTorch checkpoint (by its extension).
@@ -191,10 +194,14 @@ pub fn decode_batch<'a, B: Backend>(
     (Some(input), read)
 }
 
-/// The model's logits for `input`, row-major `[batch, classes]` in f32.
-pub fn logits_of<B: Backend>(model: &ResNet<B>, input: Tensor<B, 4>) -> Result<Vec<f32>, String> {
+/// The model's logits for `input`, computed in `precision`, row-major `[batch, classes]` in f32.
+pub fn logits_of<B: Backend>(
+    model: &ResNet<B>,
+    input: Tensor<B, 4>,
+    precision: Precision,
+) -> Result<Vec<f32>, String> {
     model
-        .forward(input)
+        .forward(input.cast(precision.dtype()))
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
@@ -205,6 +212,7 @@ impl BackendJob for Evaluation {
     type Output = EvalReport;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<EvalReport, String> {
+        self.precision.check::<B>(&self.backend, &device)?;
         let (config, model) = self.model.load::<B>(&device)?;
         let classes = self.folder.classes.len();
         if classes > config.num_classes {
@@ -235,7 +243,7 @@ impl BackendJob for Evaluation {
                 continue;
             };
             let batch = labels.len();
-            let logits = logits_of(&model, input)?;
+            let logits = logits_of(&model, input, self.precision)?;
             for (row, &label) in logits.chunks(config.num_classes).zip(&labels) {
                 let score = Score::of(row, label);
                 loss += score.loss;

@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 use backend::{dispatch, dispatch_parallel, BackendChoice};
 use bench::memory::CountingAllocator;
 use bench::{Bench, Checkpointing};
-use config::TrainConfig;
+use config::{Precision, TrainConfig};
 use data::folder::ImageFolder;
 use data::DataSource;
 use eval::{Evaluation, ModelSource};
@@ -104,6 +104,10 @@ struct TrainArgs {
     /// the configuration's `devices`, numbered from 0.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     devices: Option<Vec<usize>>,
+    /// Overrides the configuration's precision: the float type the network computes in
+    /// (parameters, optimizer state, batch norms and losses stay in f32; f16 scales the loss).
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    precision: Option<Precision>,
     /// Print the configuration (after the overrides) as JSON and exit, without training.
     #[arg(long)]
     print_config: bool,
@@ -153,6 +157,9 @@ fn train(args: TrainArgs) -> Result<(), String> {
     }
     if let Some(seed) = args.seed {
         config.seed = seed;
+    }
+    if let Some(precision) = args.precision {
+        config.precision = precision;
     }
     let devices = match (args.device, args.devices) {
         (Some(device), _) => vec![device],
@@ -252,6 +259,9 @@ struct EvalArgs {
     /// The GPU index, for GPU backends.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// The float type the network computes in.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Images per batch.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -323,6 +333,8 @@ fn eval(args: EvalArgs) -> Result<(), String> {
             crop: args.crop,
             max_bad_fraction: args.max_bad_fraction,
             progress: !args.json,
+            precision: args.precision,
+            backend: args.backend.name().to_string(),
         },
     )?;
     if args.json {
@@ -369,6 +381,9 @@ struct PredictArgs {
     /// The GPU index, for GPU backends.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// The float type the network computes in.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Images per batch.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
@@ -400,6 +415,8 @@ fn predict(args: PredictArgs) -> Result<(), String> {
             resize: args.resize,
             crop: args.crop,
             json: args.json,
+            precision: args.precision,
+            backend: args.backend.name().to_string(),
         },
     )?;
     match unreadable {
@@ -418,6 +435,9 @@ struct BenchArgs {
     /// The GPU index, for GPU backends.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// The float type the whole networks compute in (the per-layer measurements: f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Networks whose PEDConv layer shapes (at 224×224) are measured one by one, comma-separated
     /// (`r18`, `r34`, `r50`, `r101`), or `none`.
     #[arg(long, default_value = "r18,r50")]
@@ -499,6 +519,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         reps: args.reps,
         checkpointing: args.checkpointing,
         backend: args.backend.name().to_string(),
+        precision: args.precision,
     };
     let output = args.output.unwrap_or_else(|| free_run_dir("bench"));
     let report = dispatch(args.backend, args.device, job)?;

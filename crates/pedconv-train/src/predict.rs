@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 use crate::backend::BackendJob;
+use crate::config::Precision;
 use crate::data::folder::is_image;
 use crate::eval::{decode_batch, is_pytorch, logits_of, ModelSource};
 
@@ -27,6 +28,9 @@ pub struct Predict {
     pub crop: u32,
     /// One JSON object per line instead of a table.
     pub json: bool,
+    /// The float type the network computes in, on the backend of this name.
+    pub precision: Precision,
+    pub backend: String,
 }
 
 /// The image files of `paths`: files as given, folders searched recursively for the extensions
@@ -139,6 +143,7 @@ impl BackendJob for Predict {
     type Output = usize;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<usize, String> {
+        self.precision.check::<B>(&self.backend, &device)?;
         let (config, model) = self.model.load::<B>(&device)?;
         let classes = config.num_classes;
         let names = class_names(&self, classes);
@@ -150,7 +155,7 @@ impl BackendJob for Predict {
             let Some(input) = input else {
                 continue;
             };
-            let logits = logits_of(&model, input)?;
+            let logits = logits_of(&model, input, self.precision)?;
             for (row, &position) in logits.chunks(classes).zip(&read) {
                 let top = top_classes(row, self.top);
                 println!(

@@ -517,6 +517,62 @@ fn two_devices_learn_the_builtin_data_as_one() {
     assert!((one - two).abs() <= 2.0, "one device {one}%, two {two}%");
 }
 
+/// bf16 and f16 (with its dynamic loss scale, recorded every epoch) train the built-in data to
+/// within 2 points of float32's best validation top-1; the three runs at once (flex runs the
+/// half types on one thread). ndarray, which has no half types, refuses them.
+#[test]
+fn half_precision_learns_the_builtin_data_as_float32() {
+    let dir = scratch("precision");
+    let runs: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let runs: Vec<_> = ["f32", "bf16", "f16"]
+            .into_iter()
+            .map(|precision| {
+                let output = dir.join(precision);
+                scope.spawn(move || {
+                    let out = output.to_str().unwrap();
+                    let (ok, _, stderr) =
+                        pedconv(&["train", "--precision", precision, "--output", out]);
+                    assert!(ok, "{precision}: {stderr}");
+                    report(&output)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    let best = |run: &serde_json::Value| run["best_top1"].as_f64().unwrap();
+    let f32_top1 = best(&runs[0]);
+    assert!(f32_top1 > 90.0, "f32: {f32_top1}%");
+    for (run, name) in runs[1..].iter().zip(["bf16", "f16"]) {
+        assert_eq!(run["config"]["precision"], name);
+        let top1 = best(run);
+        assert!((top1 - f32_top1).abs() <= 2.0, "{name} {top1}%, f32 {f32_top1}%");
+    }
+    let scales: Vec<f64> = runs[2]["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|epoch| epoch["loss_scale"]["scale"].as_f64().expect("f16's loss scale"))
+        .collect();
+    assert_eq!(scales.len(), 8, "{scales:?}");
+    assert!(runs[0]["epochs"][0].get("loss_scale").is_none());
+
+    let output = dir.join("ndarray");
+    let (ok, _, stderr) = pedconv(&[
+        "train",
+        "--backend",
+        "ndarray",
+        "--precision",
+        "bf16",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("the ndarray backend cannot compute in bf16"),
+        "{stderr}"
+    );
+    assert!(!output.exists(), "a run that cannot start leaves nothing behind");
+}
+
 /// With the default configuration, `--data` takes the number of classes from the folder;
 /// `--num-classes` sets it and is checked; a batch larger than the training split is refused.
 #[test]

@@ -33,6 +33,12 @@
 //! ResNets' static convolutions take too, and those of their batch norms (with the residual
 //! addition and ReLU that follow) and max-pooling.
 //!
+//! Layers compute in their input's float type: a half-precision (`f16`, `bf16`) input runs
+//! [`PedConv2d`] and the ResNets in that type, their float32 parameters cast to it by burn's
+//! differentiable cast (mixed precision with float32 master weights); batch norms and the
+//! information-maximisation loss compute in float32. The fused CPU loops run float32 and
+//! float64; half types take the composition of burn's operations.
+//!
 //! [`resnet`] builds the paper's ResNets, static or with PEDConv; with the `onnx` feature, `onnx`
 //! exports them as ONNX models (opset 17) for other runtimes. The crate's `examples/` show a
 //! model of one's own that swaps a `Conv2d` for a `PedConv2d`.

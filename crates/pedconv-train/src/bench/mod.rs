@@ -21,7 +21,7 @@ use pedconv::{ComputePath, PedConv2d, PedConv2dConfig};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
-use crate::config::TrainConfig;
+use crate::config::{Precision, TrainConfig};
 use crate::data::{Batch, DataConfig, DataSource};
 use crate::train::{Classifier, GradientReduction};
 use memory::{measure, Measure};
@@ -45,6 +45,8 @@ pub struct Bench {
     pub checkpointing: Checkpointing,
     /// The backend's name, for the report.
     pub backend: String,
+    /// The float type the whole networks compute in (the layers: float32).
+    pub precision: Precision,
 }
 
 /// burn's autodiff checkpointing strategy for the whole-network training steps.
@@ -99,6 +101,7 @@ pub struct BenchReport {
     pub layer_batch: usize,
     pub width: f64,
     pub checkpointing: Checkpointing,
+    pub precision: Precision,
     pub layers: Vec<LayerRow>,
     pub networks: Vec<NetworkRow>,
 }
@@ -119,6 +122,9 @@ impl BackendJob for Bench {
     type Output = BenchReport;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<BenchReport, String> {
+        if !self.networks.is_empty() {
+            self.precision.check::<B>(&self.backend, &device)?;
+        }
         let mut layers = Vec::new();
         for &depth in &self.layer_networks {
             layers.extend(bench_layers::<B>(&self, depth, &device));
@@ -142,6 +148,7 @@ impl BackendJob for Bench {
             layer_batch: self.layer_batch,
             width: self.width,
             checkpointing: self.checkpointing,
+            precision: self.precision,
             layers,
             networks,
         })
@@ -272,7 +279,8 @@ fn bench_network<B: Backend, C: CheckpointStrategy>(
             classes,
         }),
     )
-    .with_batch_size(batch);
+    .with_batch_size(batch)
+    .with_precision(bench.precision);
     let mut model = Some(Classifier::new(
         config.init::<Autodiff<B, C>>(device),
         &recipe,
@@ -379,8 +387,10 @@ impl BenchReport {
         }
         if !self.networks.is_empty() {
             out += &format!(
-                "\n### Networks (width {}, autodiff checkpointing {:?}; inference with the batch norms folded)\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-                self.width, self.checkpointing
+                "\n### Networks (width {}, computing in {}, autodiff checkpointing {:?}; inference with the batch norms folded)\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                self.width,
+                self.precision.name(),
+                self.checkpointing
             );
             let mut groups: BTreeMap<(String, usize, usize), Vec<&NetworkRow>> = BTreeMap::new();
             for row in &self.networks {

@@ -2,6 +2,7 @@
 
 mod checkpoints;
 mod durable;
+mod loss_scale;
 mod objective;
 mod progress;
 
@@ -170,6 +171,9 @@ fn train<B: AutodiffBackend>(
 ) -> Result<(), String> {
     let config = &job.config;
     let device = execution.main_device().clone();
+    config
+        .precision
+        .check::<B::InnerBackend>(&job.backend_name, &device)?;
     let data = config.data.open(config.seed)?;
     config.check_data(data.classes, data.train.source.len())?;
     let optimizer = config.optimizer().init();
@@ -233,6 +237,13 @@ fn train<B: AutodiffBackend>(
         Vec::new()
     };
     rewrite_journal(&journal, &records)?;
+    // float16's loss scale continues from the epoch the run resumes after.
+    if let (Some(shared), Some(saved)) = (
+        model.loss_scale(),
+        records.last().and_then(|record| record.loss_scale),
+    ) {
+        *shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = saved;
+    }
     let terminal = std::io::stdout().is_terminal();
     // burn's top-k metric fails for fewer than k classes.
     let top_k = data.classes.min(5);
@@ -243,6 +254,7 @@ fn train<B: AutodiffBackend>(
         !terminal,
         journal,
         interrupter.clone(),
+        model.loss_scale().cloned(),
     )));
     let strategy = KeepLastAndBest::new(
         config.keep_checkpoints,

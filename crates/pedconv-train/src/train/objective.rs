@@ -2,17 +2,18 @@
 //! distributions, plus the weighted information-maximisation loss, with weight decay on every
 //! parameter but the batch norms'.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, ElementConversion, Tensor};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use pedconv::resnet::ResNet;
 
-use crate::config::TrainConfig;
+use super::loss_scale::{LossScale, SharedLossScale};
+use crate::config::{Precision, TrainConfig};
 use crate::data::Batch;
 
 /// A ResNet with its training objective.
@@ -26,6 +27,12 @@ pub struct Classifier<B: Backend> {
     /// of the step's batch as the reference does: burn-train sums the passes it accumulates
     /// (and, on several devices without an all-reduce, the devices' passes).
     gradient_scale: f64,
+    /// The float type the network computes in (its parameters stay float32).
+    #[module(skip)]
+    precision: Precision,
+    /// float16's dynamic loss scale, shared by the model's copies on the devices.
+    #[module(skip)]
+    loss_scale: Option<SharedLossScale>,
 }
 
 /// How the gradients of the devices' passes are combined into an optimizer step's.
@@ -60,7 +67,27 @@ impl<B: Backend> Classifier<B> {
             info_max_weight: recipe.info_max_weight,
             weight_decay: recipe.weight_decay,
             gradient_scale: images_per_pass as f64 / recipe.optimizer_batch() as f64,
+            precision: recipe.precision,
+            loss_scale: (recipe.precision == Precision::F16)
+                .then(|| Arc::new(Mutex::new(LossScale::default()))),
         }
+    }
+
+    /// float16's loss scale, which the run's log records and a resumed run restores.
+    pub fn loss_scale(&self) -> Option<&SharedLossScale> {
+        self.loss_scale.as_ref()
+    }
+
+    /// The network's logits for `images` (float32), computed in the model's precision.
+    fn logits(&self, images: Tensor<B, 4>, train: bool) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+        let images = images.cast(self.precision.dtype());
+        let (logits, info_max) = if train {
+            let out = self.net.forward_train(images);
+            (out.logits, out.info_max_loss)
+        } else {
+            (self.net.forward(images), None)
+        };
+        (logits.cast(DType::F32), info_max)
     }
 
     /// `-Σ_c t'_c log softmax(z)_c`, averaged over the batch, with the smoothed targets
@@ -86,29 +113,37 @@ impl<B: AutodiffBackend> TrainStep for Classifier<B> {
         let device = self.device();
         let noise_seed = batch.noise_seed;
         let batch = batch.into_device::<B>(&device);
-        let out = {
+        let (logits, info_max) = {
             let _drawing = NOISE_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
             B::seed(&device, noise_seed);
-            self.net.forward_train(batch.images)
+            self.logits(batch.images, true)
         };
-        let task = self.task_loss(out.logits.clone(), batch.targets);
-        let loss = match out.info_max_loss {
+        let task = self.task_loss(logits.clone(), batch.targets);
+        let loss = match info_max {
             Some(info_max) => task.clone() + info_max.mul_scalar(self.info_max_weight),
             None => task.clone(),
         };
-        let mut grads =
-            GradientsParams::from_grads(loss.mul_scalar(self.gradient_scale).backward(), self);
-        if self.weight_decay > 0.0 {
-            self.visit(&mut DecayGradients::<B> {
-                grads: &mut grads,
-                decay: self.weight_decay * self.gradient_scale,
-                norm_depth: 0,
-                _backend: std::marker::PhantomData,
-            });
+        let scale = self.loss_scale.as_ref().map_or(1.0, |shared| locked(shared).scale);
+        let backward = loss.mul_scalar(self.gradient_scale * scale).backward();
+        let mut grads = GradientsParams::from_grads(backward, self);
+        if let Some(shared) = &self.loss_scale {
+            let finite = all_finite::<B>(&grads, self);
+            locked(shared).update(finite);
+            if !finite {
+                // The pass changes nothing: no parameter has a gradient.
+                grads = GradientsParams::new();
+            }
         }
+        self.visit(&mut FinishGradients::<B> {
+            grads: &mut grads,
+            unscale: 1.0 / scale,
+            decay: self.weight_decay * self.gradient_scale,
+            norm_depth: 0,
+            _backend: std::marker::PhantomData,
+        });
         TrainOutput {
             grads,
-            item: ClassificationOutput::new(task, out.logits, batch.labels),
+            item: ClassificationOutput::new(task, logits, batch.labels),
         }
     }
 }
@@ -119,23 +154,54 @@ impl<B: Backend> InferenceStep for Classifier<B> {
 
     fn step(&self, batch: Batch) -> ClassificationOutput<B> {
         let batch = batch.into_device::<B>(&self.device());
-        let logits = self.net.forward(batch.images);
+        let (logits, _) = self.logits(batch.images, false);
         let loss = self.task_loss(logits.clone(), batch.targets);
         ClassificationOutput::new(loss, logits, batch.labels)
     }
 }
 
-/// Adds `decay · param` to the gradient of every parameter outside batch norms (burn's SGD
-/// would decay every parameter).
-struct DecayGradients<'a, B: AutodiffBackend> {
+/// `shared`, locked (a panic elsewhere cannot leave it half-written: it is two numbers).
+fn locked(shared: &SharedLossScale) -> std::sync::MutexGuard<'_, LossScale> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether every gradient is finite: the sum of all of them is (an infinity or a NaN anywhere
+/// makes it infinite or NaN), read back once.
+fn all_finite<B: AutodiffBackend>(grads: &GradientsParams, model: &Classifier<B>) -> bool {
+    struct Sum<'a, B: AutodiffBackend> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<B::InnerBackend, 1>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Sum<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                let sum = grad.sum();
+                self.total = Some(match self.total.take() {
+                    Some(total) => total + sum,
+                    None => sum,
+                });
+            }
+        }
+    }
+    let mut sum = Sum::<B> { grads, total: None };
+    model.visit(&mut sum);
+    sum.total
+        .is_none_or(|total| total.into_scalar().elem::<f64>().is_finite())
+}
+
+/// Multiplies every gradient by `unscale` (undoing float16's loss scale) and adds
+/// `decay · param` to those of every parameter outside batch norms (burn's SGD would decay
+/// every parameter).
+struct FinishGradients<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
+    unscale: f64,
     decay: f64,
     /// How many batch norms the visit is inside.
     norm_depth: usize,
     _backend: std::marker::PhantomData<B>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for DecayGradients<'_, B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for FinishGradients<'_, B> {
     fn enter_module(&mut self, _name: &str, container_type: &str) {
         if container_type.ends_with(":BatchNorm") {
             self.norm_depth += 1;
@@ -149,12 +215,18 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for DecayGradients<'_, B> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if self.norm_depth > 0 {
+        let decay = if self.norm_depth > 0 { 0.0 } else { self.decay };
+        if decay == 0.0 && self.unscale == 1.0 {
             return;
         }
-        if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            let decayed = grad + param.val().inner().mul_scalar(self.decay);
-            self.grads.register(param.id, decayed);
+        if let Some(mut grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            if self.unscale != 1.0 {
+                grad = grad.mul_scalar(self.unscale);
+            }
+            if decay != 0.0 {
+                grad = grad + param.val().inner().mul_scalar(decay);
+            }
+            self.grads.register(param.id, grad);
         }
     }
 }

@@ -18,6 +18,7 @@ use burn::train::Interrupter;
 use serde::{Deserialize, Serialize};
 
 use super::durable::write_file;
+use super::loss_scale::{LossScale, SharedLossScale};
 
 /// burn-train's metric names.
 pub const LOSS: &str = "Loss";
@@ -40,6 +41,9 @@ pub struct EpochRecord {
     pub train_seconds: f64,
     /// Training images per second.
     pub images_per_second: f64,
+    /// float16's loss scale at the end of the epoch (float16 runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
 }
 
 impl EpochRecord {
@@ -64,7 +68,10 @@ impl EpochRecord {
             Self::get(&self.valid, &top_k_name(k)),
             Self::get(&self.train, LR),
             self.images_per_second,
-        )
+        ) + &self
+            .loss_scale
+            .map(|s| format!(" | loss scale {}", s.scale))
+            .unwrap_or_default()
     }
 }
 
@@ -96,6 +103,8 @@ pub struct RunLog {
     /// `epochs.jsonl`: one JSON record per finished epoch, rewritten as each finishes.
     journal: PathBuf,
     interrupter: Interrupter,
+    /// float16's loss scale, recorded with every epoch.
+    loss_scale: Option<SharedLossScale>,
 }
 
 impl RunLog {
@@ -106,6 +115,7 @@ impl RunLog {
         print_lines: bool,
         journal: PathBuf,
         interrupter: Interrupter,
+        loss_scale: Option<SharedLossScale>,
     ) -> Self {
         Self {
             records,
@@ -121,6 +131,7 @@ impl RunLog {
             print_lines,
             journal,
             interrupter,
+            loss_scale,
         }
     }
 
@@ -182,6 +193,9 @@ impl RunLog {
                     valid: means(&self.valid),
                     train_seconds,
                     images_per_second,
+                    loss_scale: self.loss_scale.as_ref().map(|shared| {
+                        *shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+                    }),
                 };
                 self.valid.clear();
                 if self.print_lines {
