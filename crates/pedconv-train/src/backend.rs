@@ -2,7 +2,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "ddp")]
 use burn::tensor::backend::distributed::DistributedBackend;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -58,7 +58,7 @@ pub trait ParallelJob {
     fn run<B: Backend>(self, devices: Vec<B::Device>) -> Result<Self::Output, String>;
     /// Runs on several GPUs of a backend with collective operations (distributed data
     /// parallel).
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "ddp")]
     fn run_distributed<B: DistributedBackend>(
         self,
         devices: Vec<B::Device>,
@@ -76,7 +76,7 @@ impl<J: BackendJob> ParallelJob for OnOneDevice<J> {
         self.0.run::<B>(device)
     }
 
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "ddp")]
     fn run_distributed<B: DistributedBackend>(
         self,
         devices: Vec<B::Device>,
@@ -128,7 +128,8 @@ pub fn dispatch<J: BackendJob>(
 }
 
 /// Runs `job` on the chosen backend's devices of the given indices: GPUs, or on a CPU backend as
-/// many workers on its one device. Several CUDA devices run distributed data parallel.
+/// many workers on its one device. Several CUDA devices run distributed data parallel in a
+/// build with the `ddp` feature.
 pub fn dispatch_parallel<J: ParallelJob>(
     choice: BackendChoice,
     indices: &[usize],
@@ -175,11 +176,11 @@ pub fn dispatch_parallel<J: ParallelJob>(
             use burn::backend::cuda::CudaDevice;
             let gpus: Vec<CudaDevice> = indices.iter().map(|&i| CudaDevice::new(i)).collect();
             check_devices::<burn::backend::Cuda>(choice, indices, &gpus)?;
+            #[cfg(feature = "ddp")]
             if workers > 1 {
-                job.run_distributed::<burn::backend::Cuda>(gpus)
-            } else {
-                job.run::<burn::backend::Cuda>(gpus)
+                return job.run_distributed::<burn::backend::Cuda>(gpus);
             }
+            job.run::<burn::backend::Cuda>(gpus)
         }
         #[allow(unreachable_patterns)]
         other => Err(format!(

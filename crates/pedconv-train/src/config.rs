@@ -134,7 +134,10 @@ impl Precision {
         let probe = || {
             let ones = Tensor::<B, 1>::ones([4], (device, dtype));
             let kept = ones.dtype();
-            (kept, ones.sum().cast(DType::F32).into_scalar().elem::<f32>())
+            (
+                kept,
+                ones.sum().cast(DType::F32).into_scalar().elem::<f32>(),
+            )
         };
         match without_panic(probe) {
             Ok((kept, sum)) if kept == dtype && sum == 4.0 => Ok(()),

@@ -1,5 +1,11 @@
 //! `pedconv`: the command line of the pedconv project.
 
+#[cfg(all(feature = "ddp", any(feature = "flex", feature = "ndarray")))]
+compile_error!(
+    "the `ddp` feature (burn's `distributed`) leaves the CPU backends without autodiff: build \
+     with `--no-default-features --features ddp`"
+);
+
 mod backend;
 mod bench;
 mod config;

@@ -358,6 +358,34 @@ fn assert_same_metrics(straight: &Path, resumed: &Path) {
     }
 }
 
+/// The tiny configuration for 3 epochs, with mixup, every checkpoint kept: for resumed runs.
+fn resumable_config(dir: &Path) -> PathBuf {
+    let config = tiny_config(dir);
+    edit_config(&config, |config| {
+        config["epochs"] = 3.into();
+        config["keep_checkpoints"] = 3.into();
+        config["mixup"] = 0.2.into();
+    });
+    config
+}
+
+/// Trains `config` with the `extra` arguments into `dir/straight`: the run directory and what
+/// the run printed.
+fn train_straight(dir: &Path, config: &Path, extra: &[&str]) -> (PathBuf, String) {
+    let straight = dir.join("straight");
+    let mut args = vec![
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        straight.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = pedconv(&args);
+    assert!(ok, "{stderr}");
+    (straight, stdout)
+}
+
 /// Three epochs straight, and one epoch then a resume for two more, give the same metrics and
 /// the same final model: the data order, the augmentations (mixup here) and PEDConv's noise
 /// depend on the seed and the epoch alone. A damaged last checkpoint is skipped for the one
@@ -365,21 +393,8 @@ fn assert_same_metrics(straight: &Path, resumed: &Path) {
 #[test]
 fn resume_is_exact_and_skips_damaged_checkpoints() {
     let dir = scratch("exact-resume");
-    let config = tiny_config(&dir);
-    edit_config(&config, |config| {
-        config["epochs"] = 3.into();
-        config["keep_checkpoints"] = 3.into();
-        config["mixup"] = 0.2.into();
-    });
-    let straight = dir.join("straight");
-    let (ok, _, stderr) = pedconv(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        straight.to_str().unwrap(),
-    ]);
-    assert!(ok, "{stderr}");
+    let config = resumable_config(&dir);
+    let (straight, _) = train_straight(&dir, &config, &[]);
     let final_model = std::fs::read(straight.join("model.mpk")).unwrap();
 
     let resume = |name: &str, damage: &dyn Fn(&Path)| {
@@ -438,23 +453,8 @@ fn resume_is_exact_and_skips_damaged_checkpoints() {
 #[test]
 fn two_devices_resume_exactly() {
     let dir = scratch("devices-resume");
-    let config = tiny_config(&dir);
-    edit_config(&config, |config| {
-        config["epochs"] = 3.into();
-        config["keep_checkpoints"] = 3.into();
-        config["mixup"] = 0.2.into();
-    });
-    let straight = dir.join("straight");
-    let (ok, stdout, stderr) = pedconv(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--devices",
-        "0,1",
-        "--output",
-        straight.to_str().unwrap(),
-    ]);
-    assert!(ok, "{stderr}");
+    let config = resumable_config(&dir);
+    let (straight, stdout) = train_straight(&dir, &config, &["--devices", "0,1"]);
     assert!(
         stdout.contains("batch 32,") && stdout.contains("2 devices [0, 1] of flex (16 per device)"),
         "{stdout}"
@@ -545,13 +545,20 @@ fn half_precision_learns_the_builtin_data_as_float32() {
     for (run, name) in runs[1..].iter().zip(["bf16", "f16"]) {
         assert_eq!(run["config"]["precision"], name);
         let top1 = best(run);
-        assert!((top1 - f32_top1).abs() <= 2.0, "{name} {top1}%, f32 {f32_top1}%");
+        assert!(
+            (top1 - f32_top1).abs() <= 2.0,
+            "{name} {top1}%, f32 {f32_top1}%"
+        );
     }
     let scales: Vec<f64> = runs[2]["epochs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|epoch| epoch["loss_scale"]["scale"].as_f64().expect("f16's loss scale"))
+        .map(|epoch| {
+            epoch["loss_scale"]["scale"]
+                .as_f64()
+                .expect("f16's loss scale")
+        })
         .collect();
     assert_eq!(scales.len(), 8, "{scales:?}");
     assert!(runs[0]["epochs"][0].get("loss_scale").is_none());
@@ -570,7 +577,10 @@ fn half_precision_learns_the_builtin_data_as_float32() {
         !ok && stderr.contains("the ndarray backend cannot compute in bf16"),
         "{stderr}"
     );
-    assert!(!output.exists(), "a run that cannot start leaves nothing behind");
+    assert!(
+        !output.exists(),
+        "a run that cannot start leaves nothing behind"
+    );
 }
 
 /// With the default configuration, `--data` takes the number of classes from the folder;

@@ -16,7 +16,7 @@ use burn::module::Module;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::Optimizer;
 use burn::record::Recorder;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "ddp")]
 use burn::tensor::backend::distributed::{DistributedBackend, DistributedConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
@@ -73,7 +73,7 @@ impl ParallelJob for Training {
     }
 
     /// burn-train's distributed data parallel, whose all-reduce averages the gradients.
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "ddp")]
     fn run_distributed<B: DistributedBackend>(self, devices: Vec<B::Device>) -> Result<(), String> {
         let all_reduce = DistributedConfig {
             all_reduce_op: burn::tensor::backend::distributed::ReduceOperation::Mean,
@@ -242,7 +242,9 @@ fn train<B: AutodiffBackend>(
         model.loss_scale(),
         records.last().and_then(|record| record.loss_scale),
     ) {
-        *shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = saved;
+        *shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = saved;
     }
     let terminal = std::io::stdout().is_terminal();
     // burn's top-k metric fails for fewer than k classes.

@@ -43,7 +43,7 @@ pub enum GradientReduction {
     Sum,
     /// Averaged over the devices by an all-reduce after every pass (distributed data
     /// parallel), then summed over the passes.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[cfg_attr(not(feature = "ddp"), allow(dead_code))]
     DeviceMean,
 }
 
@@ -123,7 +123,10 @@ impl<B: AutodiffBackend> TrainStep for Classifier<B> {
             Some(info_max) => task.clone() + info_max.mul_scalar(self.info_max_weight),
             None => task.clone(),
         };
-        let scale = self.loss_scale.as_ref().map_or(1.0, |shared| locked(shared).scale);
+        let scale = self
+            .loss_scale
+            .as_ref()
+            .map_or(1.0, |shared| locked(shared).scale);
         let backward = loss.mul_scalar(self.gradient_scale * scale).backward();
         let mut grads = GradientsParams::from_grads(backward, self);
         if let Some(shared) = &self.loss_scale {

@@ -194,7 +194,9 @@ impl RunLog {
                     train_seconds,
                     images_per_second,
                     loss_scale: self.loss_scale.as_ref().map(|shared| {
-                        *shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+                        *shared
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
                     }),
                 };
                 self.valid.clear();
