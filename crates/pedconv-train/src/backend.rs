@@ -44,10 +44,21 @@ impl BackendChoice {
     }
 }
 
+/// The backends the jobs run on: every backend, but with the `ddp` feature (burn's
+/// `distributed`, under which autodiff needs a backend with collective operations) only those.
+#[cfg(not(feature = "ddp"))]
+pub trait JobBackend: Backend {}
+#[cfg(not(feature = "ddp"))]
+impl<B: Backend> JobBackend for B {}
+#[cfg(feature = "ddp")]
+pub trait JobBackend: DistributedBackend {}
+#[cfg(feature = "ddp")]
+impl<B: DistributedBackend> JobBackend for B {}
+
 /// Work to run on one device of whichever backend was chosen.
 pub trait BackendJob {
     type Output;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output, String>;
+    fn run<B: JobBackend>(self, device: B::Device) -> Result<Self::Output, String>;
 }
 
 /// Work to run on several devices of the chosen backend at once (training).
@@ -55,7 +66,7 @@ pub trait ParallelJob {
     type Output;
     /// Runs on `devices`, the first the main one (on a CPU backend, one worker per entry on
     /// its one device).
-    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Result<Self::Output, String>;
+    fn run<B: JobBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output, String>;
     /// Runs on several GPUs of a backend with collective operations (distributed data
     /// parallel).
     #[cfg(feature = "ddp")]
@@ -71,7 +82,7 @@ struct OnOneDevice<J>(J);
 impl<J: BackendJob> ParallelJob for OnOneDevice<J> {
     type Output = J::Output;
 
-    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Result<J::Output, String> {
+    fn run<B: JobBackend>(self, devices: Vec<B::Device>) -> Result<J::Output, String> {
         let device = devices.into_iter().next().expect("one device");
         self.0.run::<B>(device)
     }

@@ -11,7 +11,7 @@ use pedconv::import::PytorchCheckpoint;
 use pedconv::resnet::{ImportMode, ResNet, ResNetConfig};
 use rayon::prelude::*;
 
-use crate::backend::BackendJob;
+use crate::backend::{BackendJob, JobBackend};
 use crate::config::{Precision, TrainConfig};
 use crate::data::folder::ImageFolder;
 use crate::data::transform::eval_image;
@@ -211,7 +211,7 @@ pub fn logits_of<B: Backend>(
 impl BackendJob for Evaluation {
     type Output = EvalReport;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<EvalReport, String> {
+    fn run<B: JobBackend>(self, device: B::Device) -> Result<EvalReport, String> {
         self.precision.check::<B>(&self.backend, &device)?;
         let (config, model) = self.model.load::<B>(&device)?;
         let classes = self.folder.classes.len();

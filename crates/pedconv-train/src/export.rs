@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
 use pedconv::onnx::export_onnx;
 
-use crate::backend::BackendJob;
+use crate::backend::{BackendJob, JobBackend};
 use crate::eval::ModelSource;
 
 /// An export job: load the model (its batch norms folded unless told not to: the same function,
@@ -24,7 +23,7 @@ pub struct Exported {
 impl BackendJob for Export {
     type Output = Exported;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<Exported, String> {
+    fn run<B: JobBackend>(self, device: B::Device) -> Result<Exported, String> {
         let (_, model) = self.model.load::<B>(&device)?;
         let (onnx, bytes) = export_onnx(&model, &self.onnx).map_err(|error| error.to_string())?;
         Ok(Exported {

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
-
-use crate::backend::BackendJob;
+use crate::backend::{BackendJob, JobBackend};
 use crate::config::Precision;
 use crate::data::folder::is_image;
 use crate::eval::{decode_batch, is_pytorch, logits_of, ModelSource};
@@ -142,7 +140,7 @@ impl BackendJob for Predict {
     /// The number of images that could not be read.
     type Output = usize;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<usize, String> {
+    fn run<B: JobBackend>(self, device: B::Device) -> Result<usize, String> {
         self.precision.check::<B>(&self.backend, &device)?;
         let (config, model) = self.model.load::<B>(&device)?;
         let classes = config.num_classes;

@@ -20,7 +20,7 @@ use pedconv::resnet::{ResNetConfig, ResNetDepth};
 use pedconv::{ComputePath, PedConv2d, PedConv2dConfig};
 use serde::Serialize;
 
-use crate::backend::BackendJob;
+use crate::backend::{BackendJob, JobBackend};
 use crate::config::{Precision, TrainConfig};
 use crate::data::{Batch, DataConfig, DataSource};
 use crate::train::{Classifier, GradientReduction};
@@ -121,7 +121,7 @@ fn sync<B: Backend>(device: &B::Device) {
 impl BackendJob for Bench {
     type Output = BenchReport;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<BenchReport, String> {
+    fn run<B: JobBackend>(self, device: B::Device) -> Result<BenchReport, String> {
         if !self.networks.is_empty() {
             self.precision.check::<B>(&self.backend, &device)?;
         }
@@ -176,7 +176,7 @@ fn distinct_layers(config: &ResNetConfig) -> Vec<(PedConv2dConfig, [usize; 2], u
     distinct
 }
 
-fn bench_layers<B: Backend>(
+fn bench_layers<B: JobBackend>(
     bench: &Bench,
     depth: ResNetDepth,
     device: &B::Device,
@@ -249,7 +249,7 @@ fn bench_layers<B: Backend>(
     rows
 }
 
-fn bench_network<B: Backend, C: CheckpointStrategy>(
+fn bench_network<B: JobBackend, C: CheckpointStrategy>(
     bench: &Bench,
     depth: ResNetDepth,
     dynamic: bool,

@@ -18,12 +18,12 @@ use burn::optim::Optimizer;
 use burn::record::Recorder;
 #[cfg(feature = "ddp")]
 use burn::tensor::backend::distributed::{DistributedBackend, DistributedConfig};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::renderer::tui::TuiMetricsRendererWrapper;
 use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
 
-use crate::backend::ParallelJob;
+use crate::backend::{JobBackend, ParallelJob};
 use crate::config::TrainConfig;
 use crate::data::batcher::{BadImages, ImageBatcher};
 use crate::data::loader::EpochLoader;
@@ -67,7 +67,7 @@ impl ParallelJob for Training {
 
     /// burn-train's multi-device strategy (one device: the single-device one), whose sum of
     /// the devices' gradients the objective's scale makes a mean.
-    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Result<(), String> {
+    fn run<B: JobBackend>(self, devices: Vec<B::Device>) -> Result<(), String> {
         let strategy = ExecutionStrategy::multi(devices, MultiDeviceOptim::OptimMainDevice);
         run::<Autodiff<B>>(self, strategy, GradientReduction::Sum)
     }
