@@ -398,6 +398,7 @@ mod tests {
     use crate::data::{DataConfig, DataSource};
     use burn::backend::Flex;
     use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+    use burn::tensor::backend::Backend;
     use burn::tensor::Tensor;
     use pedconv::resnet::{PedConvSettings, ResNet, ResNetConfig, ResNetDepth};
 
