@@ -6,7 +6,7 @@ use burn::module::Initializer;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 
-use crate::paths;
+use crate::paths::BackendClass;
 use crate::Error;
 
 /// How [`PedConv2d`](crate::PedConv2d) applies its per-sample kernel. Every path computes the same
@@ -35,14 +35,17 @@ pub enum ComputePath {
     /// columns of one tile of about 512 output positions at a time, in a buffer that stays in
     /// cache, each tile's matrix products on one thread; nothing column-sized is allocated.
     Factorized,
-    /// Per layer and backend: on flex (and `Autodiff` over it, float32 or float64),
-    /// [`Factorized`](Self::Factorized), whose fused loops there train (forward and backward)
-    /// faster than both the per-sample kernels and burn's static convolution at every PEDConv
-    /// layer shape of ResNet-18 and ResNet-50 measured by `pedconv bench`. On other backends,
-    /// the path that materialises fewer elements: `Factorized` whenever `Cout/g ≥ Ho·Wo` (its
+    /// Per backend, the path `pedconv bench` measured fastest. On flex (and `Autodiff` over it,
+    /// float32 or float64), [`Factorized`](Self::Factorized), whose fused loops train (forward
+    /// and backward) faster than both the per-sample kernels and burn's static convolution at
+    /// every PEDConv layer shape of ResNet-18 and ResNet-50. On `Autodiff` over the CubeCL
+    /// backends (wgpu, CUDA), `Factorized` too: on wgpu (Vulkan) its im2col and matrix product
+    /// train 3 to 6 times faster than the per-sample kernels at every ResNet-18 layer (the
+    /// README's table). Elsewhere, and for inference on the CubeCL backends (where the
+    /// per-sample kernels' forward is the faster one at the early, high-resolution layers), the
+    /// path that materialises fewer elements: `Factorized` whenever `Cout/g ≥ Ho·Wo` (its
     /// columns, or its scaled input for 1×1 kernels, are then no larger than the per-sample
-    /// kernels), else [`PerSampleKernel`](Self::PerSampleKernel); in ResNets the per-sample
-    /// kernels in the early, high-resolution stages and the factorized path in the late ones.
+    /// kernels), else [`PerSampleKernel`](Self::PerSampleKernel).
     Auto,
 }
 
@@ -54,10 +57,12 @@ impl ComputePath {
         out_channels_per_group: usize,
         output_pixels: usize,
     ) -> ComputePath {
+        let measured_fastest = matches!(
+            BackendClass::of::<B>(),
+            BackendClass::Flex | BackendClass::CubeCl { autodiff: true }
+        );
         match self {
-            ComputePath::Auto
-                if paths::fused_columns::<B>() || out_channels_per_group >= output_pixels =>
-            {
+            ComputePath::Auto if measured_fastest || out_channels_per_group >= output_pixels => {
                 ComputePath::Factorized
             }
             ComputePath::Auto => ComputePath::PerSampleKernel,

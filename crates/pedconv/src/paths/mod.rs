@@ -163,6 +163,54 @@ pub(crate) fn fused_columns<B: Backend>() -> bool {
     columns::fused::<B>()
 }
 
+/// The kinds of backend whose paths `pedconv bench` has measured, which
+/// [`ComputePath::Auto`](crate::ComputePath::Auto) chooses for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackendClass {
+    /// flex, where the factorized path runs as fused loops.
+    Flex,
+    /// The CubeCL backends, wgpu and CUDA, where the paths are compositions of tensor
+    /// operations; `autodiff`: `Autodiff` over one, where layers train.
+    CubeCl { autodiff: bool },
+    /// Any other backend (ndarray among them): not measured.
+    Unmeasured,
+}
+
+impl BackendClass {
+    /// The class of `B`, with or without autodiff (either checkpointing strategy), among the
+    /// backends this crate is built for.
+    pub fn of<B: Backend>() -> Self {
+        if fused_columns::<B>() {
+            return Self::Flex;
+        }
+        #[cfg(feature = "wgpu")]
+        if let Some(autodiff) = over::<B, burn::backend::Wgpu>() {
+            return Self::CubeCl { autodiff };
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(autodiff) = over::<B, burn::backend::Cuda>() {
+            return Self::CubeCl { autodiff };
+        }
+        Self::Unmeasured
+    }
+}
+
+/// When `B` is `I` or `Autodiff` over it (either checkpointing strategy): whether it is the
+/// latter.
+#[allow(dead_code)] // unused without the GPU backends' features
+fn over<B: Backend, I: Backend>() -> Option<bool> {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::backend::Autodiff;
+    use core::any::TypeId;
+    let backend = TypeId::of::<B>();
+    if backend == TypeId::of::<I>() {
+        return Some(false);
+    }
+    (backend == TypeId::of::<Autodiff<I>>()
+        || backend == TypeId::of::<Autodiff<I, BalancedCheckpointing>>())
+    .then_some(true)
+}
+
 /// The factorized path: `y = Σ_r a_out ⊙ conv(x ⊙ a_in, W ⊙ a_k)` without per-sample kernels.
 /// Kernels larger than 1×1, and every kernel on flex (whose fused loops of [`columns`] beat its
 /// static 1×1 convolution), take the im2col formulation of [`columns`]; otherwise, for 1×1
@@ -491,6 +539,53 @@ fn pad_axis<B: Backend>(x: Tensor<B, 4>, axis: usize, [before, after]: [usize; 2
         parts.push(zeros(after));
     }
     Tensor::cat(parts, axis)
+}
+
+/// The class of every backend this crate is built for, pinned: `ComputePath::Auto` follows what
+/// was measured on each, and a backend that a burn upgrade wraps or renames would otherwise take
+/// the unmeasured rule silently.
+#[cfg(test)]
+mod backend_classes {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::backend::Autodiff;
+    use burn::tensor::backend::Backend;
+
+    use super::BackendClass;
+    use crate::ComputePath;
+
+    /// `I` has `class` and autodiff over it `trains` (either checkpointing strategy), and
+    /// `Auto` picks for the first stage of a ResNet at 224² (64 channels, 56 × 56 pixels)
+    /// `infers` on `I` and `trains` on autodiff.
+    #[allow(dead_code)] // unused without backend features
+    fn pinned<I: Backend>(
+        [inner, autodiff]: [BackendClass; 2],
+        [infers, trains]: [ComputePath; 2],
+    ) {
+        fn check<B: Backend>(class: BackendClass, path: ComputePath) {
+            let name = std::any::type_name::<B>();
+            assert_eq!(BackendClass::of::<B>(), class, "{name}");
+            assert_eq!(ComputePath::Auto.resolve::<B>(64, 56 * 56), path, "{name}");
+        }
+        check::<I>(inner, infers);
+        check::<Autodiff<I>>(autodiff, trains);
+        check::<Autodiff<I, BalancedCheckpointing>>(autodiff, trains);
+    }
+
+    #[test]
+    fn every_compiled_backend_has_its_measured_class() {
+        use BackendClass::*;
+        use ComputePath::*;
+        #[cfg(feature = "flex")]
+        pinned::<burn::backend::Flex>([Flex, Flex], [Factorized, Factorized]);
+        #[cfg(feature = "ndarray")]
+        pinned::<burn::backend::NdArray>([Unmeasured, Unmeasured], [PerSampleKernel; 2]);
+        let cubecl = [CubeCl { autodiff: false }, CubeCl { autodiff: true }];
+        #[cfg(feature = "wgpu")]
+        pinned::<burn::backend::Wgpu>(cubecl, [PerSampleKernel, Factorized]);
+        #[cfg(feature = "cuda")]
+        pinned::<burn::backend::Cuda>(cubecl, [PerSampleKernel, Factorized]);
+        let _ = cubecl;
+    }
 }
 
 #[cfg(all(test, feature = "flex"))]
