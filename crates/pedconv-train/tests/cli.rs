@@ -358,6 +358,20 @@ fn assert_same_metrics(straight: &Path, resumed: &Path) {
     }
 }
 
+/// `pedconv args --output output` fails with `message`, without a panic, and leaves nothing at
+/// `output`.
+fn assert_refused(args: &[&str], output: &Path, message: &str) {
+    let mut args = args.to_vec();
+    args.extend(["--output", output.to_str().unwrap()]);
+    let (ok, _, stderr) = pedconv(&args);
+    assert!(!ok && stderr.contains(message), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !output.exists(),
+        "a run that cannot start leaves nothing behind"
+    );
+}
+
 /// The tiny configuration for 3 epochs, with mixup, every checkpoint kept: for resumed runs.
 fn resumable_config(dir: &Path) -> PathBuf {
     let config = tiny_config(dir);
@@ -478,24 +492,9 @@ fn two_devices_resume_exactly() {
         "the resumed run's final model differs from the straight run's"
     );
 
-    let output = dir.join("twice");
-    let (ok, _, stderr) = pedconv(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--devices",
-        "1,0,1",
-        "--output",
-        output.to_str().unwrap(),
-    ]);
-    assert!(
-        !ok && stderr.contains("device 1 is listed twice"),
-        "{stderr}"
-    );
-    assert!(
-        !output.exists(),
-        "a run that cannot start leaves nothing behind"
-    );
+    let config = config.to_str().unwrap();
+    let twice = ["train", "--config", config, "--devices", "1,0,1"];
+    assert_refused(&twice, &dir.join("twice"), "device 1 is listed twice");
 }
 
 /// The built-in data on two workers of 32 images learns as one device of 64 does (the same
@@ -563,24 +562,9 @@ fn half_precision_learns_the_builtin_data_as_float32() {
     assert_eq!(scales.len(), 8, "{scales:?}");
     assert!(runs[0]["epochs"][0].get("loss_scale").is_none());
 
-    let output = dir.join("ndarray");
-    let (ok, _, stderr) = pedconv(&[
-        "train",
-        "--backend",
-        "ndarray",
-        "--precision",
-        "bf16",
-        "--output",
-        output.to_str().unwrap(),
-    ]);
-    assert!(
-        !ok && stderr.contains("the ndarray backend cannot compute in bf16"),
-        "{stderr}"
-    );
-    assert!(
-        !output.exists(),
-        "a run that cannot start leaves nothing behind"
-    );
+    let ndarray = ["train", "--backend", "ndarray", "--precision", "bf16"];
+    let message = "the ndarray backend cannot compute in bf16";
+    assert_refused(&ndarray, &dir.join("ndarray"), message);
 }
 
 /// With the default configuration, `--data` takes the number of classes from the folder;
