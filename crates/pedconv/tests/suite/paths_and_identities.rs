@@ -341,12 +341,15 @@ fn noise_acts_only_in_training() {
         !differ(quiet.forward(x.clone()), quiet.forward(x.clone())),
         "noise with noise_std = 0"
     );
+    // Training and inference may take different compute paths (`Auto` on the CubeCL backends
+    // trains with the factorized path), equal up to float32 rounding (1e-5, as the paths are
+    // compared elsewhere).
     let train = quiet.forward_train(x.clone());
     assert_close(
         "noise_std = 0: forward_train",
         &train.output.inner(),
         &quiet.valid().forward(x.clone().inner()),
-        0.0,
+        1e-5,
     );
     assert!(train.info_max_loss.is_some());
 
