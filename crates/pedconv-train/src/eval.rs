@@ -8,6 +8,7 @@ use burn::record::DefaultRecorder;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use pedconv::import::PytorchCheckpoint;
+use pedconv::precision::cast_to;
 use pedconv::resnet::{ImportMode, ResNet, ResNetConfig};
 use rayon::prelude::*;
 
@@ -201,7 +202,7 @@ pub fn logits_of<B: Backend>(
     precision: Precision,
 ) -> Result<Vec<f32>, String> {
     model
-        .forward(input.cast(precision.dtype()))
+        .forward(cast_to(input, precision.dtype()))
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()

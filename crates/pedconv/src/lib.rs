@@ -57,7 +57,7 @@ pub mod onnx;
 mod paths;
 mod pedconv2d;
 mod pool;
-mod precision;
+pub mod precision;
 pub mod resnet;
 #[cfg(test)]
 mod testing;

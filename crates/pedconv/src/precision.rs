@@ -8,11 +8,9 @@ use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
-/// `tensor` in `dtype`: itself when it has it, else through burn's differentiable cast.
-pub(crate) fn cast_to<B: Backend, const D: usize>(
-    tensor: Tensor<B, D>,
-    dtype: DType,
-) -> Tensor<B, D> {
+/// `tensor` in `dtype`: itself when it has it (no autodiff node, no copy), else through burn's
+/// differentiable cast.
+pub fn cast_to<B: Backend, const D: usize>(tensor: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
     if tensor.dtype() == dtype {
         tensor
     } else {

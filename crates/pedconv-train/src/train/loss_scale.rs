@@ -4,7 +4,7 @@
 //! [`GROWTH_INTERVAL`] passes whose gradients were all finite, and halves when one overflowed,
 //! whose pass then changes nothing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,11 @@ impl LossScale {
 
 /// The scale shared by a model's copies (one per device) and the run's log.
 pub type SharedLossScale = Arc<Mutex<LossScale>>;
+
+/// `shared`, locked (a panic elsewhere cannot leave it half-written: it is two numbers).
+pub fn locked(shared: &SharedLossScale) -> MutexGuard<'_, LossScale> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 #[cfg(test)]
 mod tests {

@@ -242,9 +242,7 @@ fn train<B: AutodiffBackend>(
         model.loss_scale(),
         records.last().and_then(|record| record.loss_scale),
     ) {
-        *shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = saved;
+        *loss_scale::locked(shared) = saved;
     }
     let terminal = std::io::stdout().is_terminal();
     // burn's top-k metric fails for fewer than k classes.

@@ -10,9 +10,10 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Tensor};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
+use pedconv::precision::cast_to;
 use pedconv::resnet::ResNet;
 
-use super::loss_scale::{LossScale, SharedLossScale};
+use super::loss_scale::{locked, LossScale, SharedLossScale};
 use crate::config::{Precision, TrainConfig};
 use crate::data::Batch;
 
@@ -80,14 +81,14 @@ impl<B: Backend> Classifier<B> {
 
     /// The network's logits for `images` (float32), computed in the model's precision.
     fn logits(&self, images: Tensor<B, 4>, train: bool) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
-        let images = images.cast(self.precision.dtype());
+        let images = cast_to(images, self.precision.dtype());
         let (logits, info_max) = if train {
             let out = self.net.forward_train(images);
             (out.logits, out.info_max_loss)
         } else {
             (self.net.forward(images), None)
         };
-        (logits.cast(DType::F32), info_max)
+        (cast_to(logits, DType::F32), info_max)
     }
 
     /// `-Σ_c t'_c log softmax(z)_c`, averaged over the batch, with the smoothed targets
@@ -161,11 +162,6 @@ impl<B: Backend> InferenceStep for Classifier<B> {
         let loss = self.task_loss(logits.clone(), batch.targets);
         ClassificationOutput::new(loss, logits, batch.labels)
     }
-}
-
-/// `shared`, locked (a panic elsewhere cannot leave it half-written: it is two numbers).
-fn locked(shared: &SharedLossScale) -> std::sync::MutexGuard<'_, LossScale> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether every gradient is finite: the sum of all of them is (an infinity or a NaN anywhere

@@ -18,7 +18,7 @@ use burn::train::Interrupter;
 use serde::{Deserialize, Serialize};
 
 use super::durable::write_file;
-use super::loss_scale::{LossScale, SharedLossScale};
+use super::loss_scale::{locked, LossScale, SharedLossScale};
 
 /// burn-train's metric names.
 pub const LOSS: &str = "Loss";
@@ -193,11 +193,7 @@ impl RunLog {
                     valid: means(&self.valid),
                     train_seconds,
                     images_per_second,
-                    loss_scale: self.loss_scale.as_ref().map(|shared| {
-                        *shared
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    }),
+                    loss_scale: self.loss_scale.as_ref().map(|shared| *locked(shared)),
                 };
                 self.valid.clear();
                 if self.print_lines {
