@@ -1,5 +1,7 @@
 //! Project tasks: `cargo xtask <task>`. Each task runs cargo commands; see `cargo xtask help`.
 
+mod gpu_check;
+
 use std::process::{exit, Command};
 
 const HELP: &str = "\
@@ -12,12 +14,21 @@ tasks:
   ci          lint, test, test-wgpu: what .ci/run runs
   bench       `pedconv bench` in a release build (arguments after `bench` are passed on;
               default: flex, ResNet-18 and -50 layers, ResNet-18 at 16x224 and 64x64)
+  gpu-check   build the CUDA binaries (`pedconv`, its DDP build, the test suite on CUDA),
+              stripped and compressed, into gpu-check/ with the script that runs them on a
+              machine with an NVIDIA GPU and no internet, and print the command
 ";
 
 fn cargo(args: &[&str]) -> Result<(), String> {
+    run_cargo(args, &[])
+}
+
+/// `cargo args` with extra environment variables, failing on a non-zero exit.
+fn run_cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(env!("CARGO"))
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if status.success() {
@@ -77,6 +88,7 @@ fn main() {
             command.extend(rest.iter().map(String::as_str));
             cargo(&command)
         }
+        "gpu-check" => gpu_check::build(),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

@@ -1,13 +1,20 @@
-//! Timing and peak host memory of a piece of work.
+//! Timing and peak memory of a piece of work.
 //!
 //! The `pedconv` binary counts its heap through [`CountingAllocator`] (two relaxed atomic
 //! updates per allocation), so the benchmark can report the peak memory of a step: the largest
 //! number of heap bytes allocated during it beyond what was allocated before it. On the CPU
-//! backends that is where tensors live; on GPU backends it is host memory only.
+//! backends that is where tensors live. On the CubeCL backends (wgpu, CUDA) tensors live in
+//! CubeCL's memory pools, which keep what they have reserved until cleaned up and reserve more
+//! only when the bytes in use need it: the pools' growth over a step, from cleaned pools, is
+//! the device memory the step needed at its peak (with the pools' rounding), and
+//! [`device_reserved`] reads it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+use burn::tensor::backend::Backend;
 
 /// The system allocator, keeping the current and the peak number of bytes allocated.
 pub struct CountingAllocator;
@@ -31,22 +38,60 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
-/// Median time and peak extra heap of a piece of work.
+/// Median time and peak extra memory of a piece of work.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Measure {
     /// Median over the timed repetitions, in milliseconds.
     pub millis: f64,
     /// Peak heap above the heap before the first (warm-up) run, in MiB.
     pub peak_mib: f64,
+    /// On the CubeCL backends: the growth of the device's memory pools over the first run,
+    /// from cleaned pools, in MiB.
+    pub device_peak_mib: Option<f64>,
 }
 
+impl Measure {
+    /// The peak that says most on this backend: the device's where it has one, else the heap's.
+    pub fn peak(&self) -> f64 {
+        self.device_peak_mib.unwrap_or(self.peak_mib)
+    }
+}
+
+/// Bytes reserved by CubeCL's memory pools on `device`, when it is a CubeCL backend's device.
+pub fn device_reserved<D: Any>(device: &D) -> Option<u64> {
+    let device = device as &dyn Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = device.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        return reserved::<burn::backend::wgpu::WgpuRuntime>(device);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(device) = device.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        return reserved::<burn_cubecl::cubecl::cuda::CudaRuntime>(device);
+    }
+    let _ = device;
+    None
+}
+
+#[allow(dead_code)] // unused without the CubeCL backends' features
+fn reserved<R: burn_cubecl::cubecl::Runtime>(device: &R::Device) -> Option<u64> {
+    let usage = R::client(device).memory_usage().ok()?;
+    Some(usage.bytes_reserved)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
 /// Runs `work` once to warm up (and to measure its peak memory), then `reps` times on the clock.
-/// `work` must synchronise the device before it returns.
-pub fn measure(reps: usize, mut work: impl FnMut()) -> Measure {
+/// `work` runs on `device` of `B` and must synchronise it before it returns.
+pub fn measure<B: Backend>(reps: usize, device: &B::Device, mut work: impl FnMut()) -> Measure {
+    B::memory_cleanup(device);
+    let device_before = device_reserved(device);
     let before = CURRENT.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     work();
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+    let device_peak_mib = device_before
+        .zip(device_reserved(device))
+        .map(|(before, after)| after.saturating_sub(before) as f64 / MIB);
     let mut times: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let start = Instant::now();
@@ -57,7 +102,8 @@ pub fn measure(reps: usize, mut work: impl FnMut()) -> Measure {
     times.sort_by(f64::total_cmp);
     Measure {
         millis: times[times.len() / 2],
-        peak_mib: peak as f64 / (1024.0 * 1024.0),
+        peak_mib: peak as f64 / MIB,
+        device_peak_mib,
     }
 }
 
@@ -88,10 +134,11 @@ pub fn keep_freed_memory() {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "flex")]
     /// The binary's allocator counts the heap: a 64 MiB vector shows as at least 64 MiB.
     #[test]
     fn peak_memory_counts_allocations() {
-        let measured = measure(1, || {
+        let measured = measure::<burn::backend::Flex>(1, &Default::default(), || {
             let buffer = vec![1u8; 64 << 20];
             std::hint::black_box(&buffer);
         });

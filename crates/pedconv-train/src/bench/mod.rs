@@ -106,6 +106,10 @@ pub struct BenchReport {
     pub networks: Vec<NetworkRow>,
 }
 
+/// The operator of the rows measuring [`pedconv::static_conv2d`], the static convolution as the
+/// ResNets run it (the "static" rows are burn's `Conv2d`).
+const STATIC_ROUTED: &str = "static (pedconv)";
+
 fn depth_name(depth: ResNetDepth) -> String {
     format!("ResNet-{}", &format!("{depth:?}")[1..])
 }
@@ -216,12 +220,24 @@ fn bench_layers<B: JobBackend>(
         let conv_inner = conv.valid();
         rows.push(row(
             "static".into(),
-            measure(bench.reps, || {
+            measure::<B>(bench.reps, device, || {
                 let _ = conv_inner.forward(x_inner.clone());
                 sync::<B>(device);
             }),
-            measure(bench.reps, || {
+            measure::<B>(bench.reps, device, || {
                 let _ = conv.forward(x.clone().require_grad()).sum().backward();
+                sync::<B>(device);
+            }),
+        ));
+        rows.push(row(
+            STATIC_ROUTED.into(),
+            measure::<B>(bench.reps, device, || {
+                let _ = pedconv::static_conv2d(&conv_inner, x_inner.clone());
+                sync::<B>(device);
+            }),
+            measure::<B>(bench.reps, device, || {
+                let output = pedconv::static_conv2d(&conv, x.clone().require_grad());
+                let _ = output.sum().backward();
                 sync::<B>(device);
             }),
         ));
@@ -230,11 +246,11 @@ fn bench_layers<B: JobBackend>(
             let inner = train.valid();
             rows.push(row(
                 path_name(path),
-                measure(bench.reps, || {
+                measure::<B>(bench.reps, device, || {
                     let _ = inner.forward(x_inner.clone());
                     sync::<B>(device);
                 }),
-                measure(bench.reps, || {
+                measure::<B>(bench.reps, device, || {
                     let out = train.forward_train(x.clone().require_grad());
                     let mut loss = out.output.sum();
                     if let Some(info_max) = out.info_max_loss {
@@ -290,7 +306,7 @@ fn bench_network<B: JobBackend, C: CheckpointStrategy>(
         .optimizer()
         .init::<Autodiff<B, C>, Classifier<Autodiff<B, C>>>();
     let batch_data = synthetic_batch(batch, size, classes);
-    let train_step = measure(bench.reps, || {
+    let train_step = measure::<B>(bench.reps, device, || {
         let current = model.take().expect("the model");
         let grads = TrainStep::step(&current, batch_data.clone()).grads;
         model = Some(optimizer.step(recipe.peak_lr(), current, grads));
@@ -299,7 +315,7 @@ fn bench_network<B: JobBackend, C: CheckpointStrategy>(
     // Inference as `predict` and `eval` run it: batch norms folded into the convolutions.
     let mut inner = model.take().expect("the model").valid();
     inner.net = inner.net.fold_batch_norms();
-    let inference = measure(bench.reps, || {
+    let inference = measure::<B>(bench.reps, device, || {
         let _ = InferenceStep::step(&inner, batch_data.clone());
         sync::<B>(device);
     });
@@ -340,16 +356,22 @@ impl BenchReport {
     /// Markdown tables: per layer (each operator against the static convolution of the same
     /// shape), then per network (PEDConv against static at the same batch and resolution).
     pub fn markdown(&self) -> String {
+        let on_device = self
+            .layers
+            .iter()
+            .map(|row| row.forward_backward)
+            .chain(self.networks.iter().map(|row| row.train_step))
+            .any(|measure| measure.device_peak_mib.is_some());
         let mut out = format!(
-            "Backend {}, {} threads, median of {} repetitions after a warm-up; peak = heap above \
-             the inputs and parameters{}.\n",
+            "Backend {}, {} threads, median of {} repetitions after a warm-up; peak = {}.\n",
             self.backend,
             self.threads,
             self.reps,
-            if matches!(self.backend.as_str(), "flex" | "ndarray") {
-                ""
+            if on_device {
+                "device memory: the growth of CubeCL's memory pools over the first run, from \
+                 cleaned pools (what the step needed at its peak, in the pools' rounding)"
             } else {
-                " (host memory only on a GPU backend)"
+                "heap above the inputs and parameters"
             }
         );
         if !self.layers.is_empty() {
@@ -380,8 +402,8 @@ impl BenchReport {
                     row.forward.millis / base.forward.millis,
                     row.forward_backward.millis,
                     row.forward_backward.millis / base.forward_backward.millis,
-                    row.forward_backward.peak_mib,
-                    row.forward_backward.peak_mib / base.forward_backward.peak_mib,
+                    row.forward_backward.peak(),
+                    row.forward_backward.peak() / base.forward_backward.peak(),
                 );
             }
         }
@@ -413,11 +435,11 @@ impl BenchReport {
                         row.model,
                         row.train_images_per_second,
                         row.train_images_per_second / base.train_images_per_second,
-                        row.train_step.peak_mib,
-                        row.train_step.peak_mib / base.train_step.peak_mib,
+                        row.train_step.peak(),
+                        row.train_step.peak() / base.train_step.peak(),
                         row.inference_images_per_second,
                         row.inference_images_per_second / base.inference_images_per_second,
-                        row.inference.peak_mib,
+                        row.inference.peak(),
                     );
                 }
             }

@@ -9,7 +9,8 @@
 //! of [`recompute`](super::recompute); [`backward`] is that operation's hand-written gradient,
 //! which recomputes the columns (`kh·kw` times the input) instead of keeping them.
 //!
-//! On flex, [`flex`] computes the same formulation with fused loops, tile by tile.
+//! [`Engine`] chooses who computes it: on flex, [`flex`]'s fused loops, tile by tile; on the
+//! CubeCL backends, [`cube`]'s kernels; elsewhere the tensor operations of this module.
 
 #[cfg(feature = "flex")]
 mod flex;
@@ -43,6 +44,35 @@ mod flex {
     }
 }
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
+/// Where no CubeCL backend is built, nothing runs its kernels.
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+mod cube {
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+
+    use super::super::{ConvLayout, Gradients, Needed, Operands};
+
+    pub(super) fn forward<B: Backend>(
+        _: &Operands<B>,
+        _: &ConvLayout,
+        _: bool,
+    ) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
+        None
+    }
+
+    pub(super) fn backward<B: Backend>(
+        _: &Operands<B>,
+        _: Option<&Tensor<B, 4>>,
+        _: &ConvLayout,
+        _: &Tensor<B, 4>,
+        _: Needed,
+    ) -> Option<Gradients<B>> {
+        None
+    }
+}
+
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -50,8 +80,23 @@ pub(crate) use flex::runs_on as fused;
 
 use super::{
     col2im, expand_terms, im2col, input_scale, scale_rows, sum_terms, swap_leading_dims,
-    ConvLayout, Gradients, Operands,
+    ConvLayout, Gradients, Needed, Operands,
 };
+
+/// Who computes the formulation on a backend: decided once per backend type
+/// ([`BackendClass::engine`](super::BackendClass::engine)), carried by the
+/// [`Formulation`](super::Formulation) from the forward into the backward pass, so that both
+/// run the same code and agree on what the forward keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// flex's fused loops ([`flex`]) for float32 and float64 operands; other element types
+    /// take the tensor operations, in both passes alike. `per_term` batch first.
+    FlexLoops,
+    /// The CubeCL kernels of [`cube`], for every float type. `per_term` channels first.
+    CubeKernels,
+    /// The tensor operations of this module, on any backend. `per_term` channels first.
+    TensorOps,
+}
 
 /// The output and the one intermediate the backward pass keeps.
 pub(crate) struct Forward<B: Backend> {
@@ -164,13 +209,19 @@ fn output_scale<B: Backend>(operands: &Operands<B>, sizes: &Sizes) -> Tensor<B, 
     .reshape([sizes.channels_out, sizes.terms(), 1, 1])
 }
 
-/// The forward pass; `keep` asks for `per_term`.
+/// The forward pass on `engine`; `keep` asks for `per_term`.
 pub(crate) fn forward<B: Backend>(
     operands: &Operands<B>,
     layout: &ConvLayout,
+    engine: Engine,
     keep: bool,
 ) -> Forward<B> {
-    if let Some((output, per_term)) = flex::forward(operands, layout, keep) {
+    let fused = match engine {
+        Engine::FlexLoops => flex::forward(operands, layout, keep),
+        Engine::CubeKernels => cube::forward(operands, layout, keep),
+        Engine::TensorOps => None,
+    };
+    if let Some((output, per_term)) = fused {
         return Forward { output, per_term };
     }
     let sizes = Sizes::new(operands, layout);
@@ -192,17 +243,25 @@ pub(crate) fn forward<B: Backend>(
     }
 }
 
-/// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]`, given the
-/// forward's `per_term` (without it, the output factor's gradient is zero). The columns are
+/// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]` on the
+/// forward's `engine`, given the forward's `per_term` (without it, the output factor's gradient
+/// is zero). The gradients `needed` does not ask for may be left zero. The columns are
 /// recomputed; each large intermediate is dropped as soon as it has been used, so that at most
 /// three column-sized tensors live at once.
 pub(crate) fn backward<B: Backend>(
     operands: Operands<B>,
     per_term: Option<Tensor<B, 4>>,
     layout: &ConvLayout,
+    engine: Engine,
     grad: Tensor<B, 4>,
+    needed: Needed,
 ) -> Gradients<B> {
-    if let Some(gradients) = flex::backward(&operands, per_term.as_ref(), layout, &grad) {
+    let fused = match engine {
+        Engine::FlexLoops => flex::backward(&operands, per_term.as_ref(), layout, &grad),
+        Engine::CubeKernels => cube::backward(&operands, per_term.as_ref(), layout, &grad, needed),
+        Engine::TensorOps => None,
+    };
+    if let Some(gradients) = fused {
         return gradients;
     }
     let sizes = Sizes::new(&operands, layout);

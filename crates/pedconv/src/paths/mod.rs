@@ -18,6 +18,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorPrimitive};
 
+pub(crate) use columns::Engine;
+
 use crate::attention::AttentionFactors;
 use crate::geometry::ConvGeometry;
 use crate::precision::cast_to;
@@ -86,6 +88,16 @@ pub(crate) struct Operands<B: Backend> {
     pub weight: Tensor<B, 4>,
 }
 
+/// Which operands' gradients a backward pass must compute: those of the operands the autodiff
+/// graph tracks (a static convolution's unit factors are not).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Needed {
+    pub input: bool,
+    pub output: bool,
+    pub kernel: bool,
+    pub weight: bool,
+}
+
 /// The gradients of the loss with respect to each operand, in the operands' shapes.
 pub(crate) struct Gradients<B: Backend> {
     pub x: Tensor<B, 4>,
@@ -101,8 +113,8 @@ pub(crate) enum Formulation {
     /// Per-sample kernels and a grouped convolution with these options (the layer's groups),
     /// on an input prepared by [`StaticConv::prepare`].
     Kernels(ConvOptions<2>),
-    /// The factorized path's im2col.
-    Columns(ConvLayout),
+    /// The factorized path's im2col, computed by `engine`.
+    Columns { layout: ConvLayout, engine: Engine },
 }
 
 impl Formulation {
@@ -115,24 +127,36 @@ impl Formulation {
     ) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
         match self {
             Formulation::Kernels(options) => (kernels::forward(operands, options), None),
-            Formulation::Columns(layout) => {
-                let forward = columns::forward(operands, layout, keep);
+            Formulation::Columns { layout, engine } => {
+                let forward = columns::forward(operands, layout, *engine, keep);
                 (forward.output, forward.per_term)
             }
         }
     }
 
     /// The gradients from the output's gradient, given what [`forward`](Self::forward) kept
-    /// (without it, the output factor's gradient is zero: a factor that needs none).
+    /// (without it, the output factor's gradient is zero: a factor that needs none); those that
+    /// `needed` leaves out may be zero.
     fn backward<B: Backend>(
         &self,
         operands: Operands<B>,
         kept: Option<Tensor<B, 4>>,
         grad: Tensor<B, 4>,
+        needed: Needed,
     ) -> Gradients<B> {
         match self {
             Formulation::Kernels(options) => kernels::backward(operands, options, grad),
-            Formulation::Columns(layout) => columns::backward(operands, kept, layout, grad),
+            Formulation::Columns { layout, engine } => {
+                columns::backward(operands, kept, layout, *engine, grad, needed)
+            }
+        }
+    }
+
+    /// The columns formulation for `layout` on backend `B`.
+    fn columns<B: Backend>(layout: ConvLayout) -> Self {
+        Formulation::Columns {
+            layout,
+            engine: BackendClass::of::<B>().engine(),
         }
     }
 
@@ -193,6 +217,23 @@ impl BackendClass {
         }
         Self::Unmeasured
     }
+
+    /// Who computes the columns formulation on this class.
+    pub fn engine(self) -> Engine {
+        match self {
+            Self::Flex => Engine::FlexLoops,
+            Self::CubeCl { .. } => Engine::CubeKernels,
+            Self::Unmeasured => Engine::TensorOps,
+        }
+    }
+
+    /// Whether a static convolution takes the columns formulation (with unit factors) rather
+    /// than burn's convolution: on flex, whose fused loops train and infer about twice as fast
+    /// as its convolution; in training on the CubeCL backends, where burn's convolution spends
+    /// 15–25 times its forward in the backward pass (the README's cost section).
+    pub fn static_by_columns(self) -> bool {
+        matches!(self, Self::Flex | Self::CubeCl { autodiff: true })
+    }
 }
 
 /// When `B` is `I` or `Autodiff` over it (either checkpointing strategy): whether it is the
@@ -212,18 +253,17 @@ fn over<B: Backend, I: Backend>() -> Option<bool> {
 }
 
 /// The factorized path: `y = Σ_r a_out ⊙ conv(x ⊙ a_in, W ⊙ a_k)` without per-sample kernels.
-/// Kernels larger than 1×1, and every kernel on flex (whose fused loops of [`columns`] beat its
-/// static 1×1 convolution), take the im2col formulation of [`columns`]; otherwise, for 1×1
-/// kernels, `a_k` is a scalar per sample and joins the output scaling around a static
-/// convolution.
+/// Kernels larger than 1×1, and every kernel where fused loops or kernels compute it (flex, the
+/// CubeCL backends), take the im2col formulation of [`columns`]; otherwise, for 1×1 kernels,
+/// `a_k` is a scalar per sample and joins the output scaling around a static convolution.
 pub(crate) fn factorized<B: Backend>(
     x: Tensor<B, 4>,
     factors: &AttentionFactors<B>,
     conv: &StaticConv<B>,
 ) -> Tensor<B, 4> {
     let [_, _, kh, kw] = conv.weight.dims();
-    if kh * kw > 1 || fused_columns::<B>() {
-        return Formulation::Columns(conv.layout).apply(Operands {
+    if kh * kw > 1 || BackendClass::of::<B>().engine() != Engine::TensorOps {
+        return Formulation::columns::<B>(conv.layout).apply(Operands {
             x,
             factors: factors.clone(),
             weight: conv.weight.clone(),
@@ -277,7 +317,7 @@ pub(crate) fn static_convolution<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) 
         },
     };
     let bias = conv.bias.as_ref().map(|bias| cast_to(bias.val(), dtype));
-    if !fused_columns::<B>() {
+    if !BackendClass::of::<B>().static_by_columns() {
         let (x, options) = layer.prepare(x, conv.kernel_size);
         return conv2d(x, layer.weight, bias, options);
     }
@@ -289,7 +329,7 @@ pub(crate) fn static_convolution<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) 
         output: unit(channels_out),
         kernel: unit(kh * kw),
     };
-    let output = Formulation::Columns(layer.layout).apply(Operands {
+    let output = Formulation::columns::<B>(layer.layout).apply(Operands {
         x,
         factors,
         weight: layer.weight,
@@ -541,34 +581,50 @@ fn pad_axis<B: Backend>(x: Tensor<B, 4>, axis: usize, [before, after]: [usize; 2
     Tensor::cat(parts, axis)
 }
 
-/// The class of every backend this crate is built for, pinned: `ComputePath::Auto` follows what
-/// was measured on each, and a backend that a burn upgrade wraps or renames would otherwise take
-/// the unmeasured rule silently.
+/// The class of every backend this crate is built for, pinned with what follows from it (the
+/// path `ComputePath::Auto` takes, the engine of the columns formulation, the route of static
+/// convolutions): each follows what was measured on that backend, and a backend that a burn
+/// upgrade wraps or renames would otherwise take the unmeasured, slower route silently.
 #[cfg(test)]
 mod backend_classes {
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::Autodiff;
     use burn::tensor::backend::Backend;
 
-    use super::BackendClass;
+    use super::{BackendClass, Engine};
     use crate::ComputePath;
 
-    /// `I` has `class` and autodiff over it `trains` (either checkpointing strategy), and
-    /// `Auto` picks for the first stage of a ResNet at 224² (64 channels, 56 × 56 pixels)
-    /// `infers` on `I` and `trains` on autodiff.
+    /// `I` has `class` and autodiff over it `trains` (either checkpointing strategy); `Auto`
+    /// picks for the first stage of a ResNet at 224² (64 channels, 56 × 56 pixels) `infers` on
+    /// `I` and `trains` on autodiff; the columns formulation runs on `engine`; static
+    /// convolutions take it `[in inference, in training]`.
     #[allow(dead_code)] // unused without backend features
     fn pinned<I: Backend>(
         [inner, autodiff]: [BackendClass; 2],
         [infers, trains]: [ComputePath; 2],
+        engine: Engine,
+        [static_infers, static_trains]: [bool; 2],
     ) {
-        fn check<B: Backend>(class: BackendClass, path: ComputePath) {
-            let name = std::any::type_name::<B>();
-            assert_eq!(BackendClass::of::<B>(), class, "{name}");
-            assert_eq!(ComputePath::Auto.resolve::<B>(64, 56 * 56), path, "{name}");
+        let check = |name: &str, of: BackendClass, class, auto, path, by_columns| {
+            assert_eq!(of, class, "{name}");
+            assert_eq!(auto, path, "{name}");
+            assert_eq!(of.engine(), engine, "{name}");
+            assert_eq!(
+                of.static_by_columns(),
+                by_columns,
+                "{name}: static convolutions"
+            );
+        };
+        fn of<B: Backend>() -> (&'static str, BackendClass, ComputePath) {
+            let auto = ComputePath::Auto.resolve::<B>(64, 56 * 56);
+            (std::any::type_name::<B>(), BackendClass::of::<B>(), auto)
         }
-        check::<I>(inner, infers);
-        check::<Autodiff<I>>(autodiff, trains);
-        check::<Autodiff<I, BalancedCheckpointing>>(autodiff, trains);
+        let (name, class, auto) = of::<I>();
+        check(name, class, inner, auto, infers, static_infers);
+        let (name, class, auto) = of::<Autodiff<I>>();
+        check(name, class, autodiff, auto, trains, static_trains);
+        let (name, class, auto) = of::<Autodiff<I, BalancedCheckpointing>>();
+        check(name, class, autodiff, auto, trains, static_trains);
     }
 
     #[test]
@@ -576,14 +632,34 @@ mod backend_classes {
         use BackendClass::*;
         use ComputePath::*;
         #[cfg(feature = "flex")]
-        pinned::<burn::backend::Flex>([Flex, Flex], [Factorized, Factorized]);
+        pinned::<burn::backend::Flex>(
+            [Flex, Flex],
+            [Factorized, Factorized],
+            Engine::FlexLoops,
+            [true, true],
+        );
         #[cfg(feature = "ndarray")]
-        pinned::<burn::backend::NdArray>([Unmeasured, Unmeasured], [PerSampleKernel; 2]);
+        pinned::<burn::backend::NdArray>(
+            [Unmeasured, Unmeasured],
+            [PerSampleKernel; 2],
+            Engine::TensorOps,
+            [false, false],
+        );
         let cubecl = [CubeCl { autodiff: false }, CubeCl { autodiff: true }];
         #[cfg(feature = "wgpu")]
-        pinned::<burn::backend::Wgpu>(cubecl, [PerSampleKernel, Factorized]);
+        pinned::<burn::backend::Wgpu>(
+            cubecl,
+            [PerSampleKernel, Factorized],
+            Engine::CubeKernels,
+            [false, true],
+        );
         #[cfg(feature = "cuda")]
-        pinned::<burn::backend::Cuda>(cubecl, [PerSampleKernel, Factorized]);
+        pinned::<burn::backend::Cuda>(
+            cubecl,
+            [PerSampleKernel, Factorized],
+            Engine::CubeKernels,
+            [false, true],
+        );
         let _ = cubecl;
     }
 }

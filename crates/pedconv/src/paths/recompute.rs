@@ -22,7 +22,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::{cast, float_tensor, Formulation, Operands};
+use super::{cast, float_tensor, Formulation, Needed, Operands};
 use crate::attention::AttentionFactors;
 
 /// The output of `formulation` through its memory-saving operation, when `B` is one of the
@@ -139,8 +139,16 @@ impl<I: Backend> Backward<I, 5> for RecomputeBackward {
     ) {
         let grad = float_tensor::<I, 4>(grads.consume::<I>(&ops.node));
         let state = ops.state;
-        let gradients = state.formulation.backward(state.operands, state.kept, grad);
         let [x, input, output, kernel, weight] = ops.parents;
+        let needed = Needed {
+            input: input.is_some(),
+            output: output.is_some(),
+            kernel: kernel.is_some(),
+            weight: weight.is_some(),
+        };
+        let gradients = state
+            .formulation
+            .backward(state.operands, state.kept, grad, needed);
         let parts = [
             (x, gradients.x.into_primitive().tensor()),
             (input, gradients.input.into_primitive().tensor()),
@@ -296,7 +304,7 @@ mod tests {
                 groups,
                 geometry,
             };
-            let mut formulations = vec![Formulation::Columns(layout)];
+            let mut formulations = vec![Formulation::columns::<Flex>(layout)];
             if geometry.padding_start == geometry.padding_end {
                 formulations.push(Formulation::Kernels(ConvOptions::new(
                     stride,

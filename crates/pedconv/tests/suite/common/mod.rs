@@ -6,11 +6,14 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
-/// The backend the tests run on: flex (CPU) by default, wgpu with the `test-wgpu` feature.
-#[cfg(not(feature = "test-wgpu"))]
+/// The backend the tests run on: flex (CPU) by default, wgpu with the `test-wgpu` feature,
+/// CUDA with `test-cuda`.
+#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
 pub type TestBackend = burn::backend::Flex;
 #[cfg(feature = "test-wgpu")]
 pub type TestBackend = burn::backend::Wgpu;
+#[cfg(all(feature = "test-cuda", not(feature = "test-wgpu")))]
+pub type TestBackend = burn::backend::Cuda;
 
 pub type TestAutodiff = Autodiff<TestBackend>;
 
@@ -22,8 +25,9 @@ pub struct Precision {
     pub tolerance: f64,
 }
 
-/// flex computes in float64: the paths and the reference differ only in summation order, so
-/// errors stay within a few hundred ulps of the largest value (1e-12 is about 5000 ulps).
+/// flex and CUDA compute in float64: the paths and the reference differ only in summation
+/// order, so errors stay within a few hundred ulps of the largest value (1e-12 is about 5000
+/// ulps). (CUDA's float32 matrix products may run on TF32 tensor cores, 10-bit mantissas.)
 /// wgpu computes in float32 (no f64 on the software Vulkan driver): convolutions of a few hundred
 /// terms accumulate relative errors of order 1e-5; 1e-4 leaves a margin while still catching
 /// any wrong term, whose contribution is of order 1e-2 or more.
