@@ -33,16 +33,18 @@ pub enum ComputePath {
     /// 1×1 kernels, else the columns and their scaled copy, `B·Cin·kh·kw·Ho·Wo` elements each.
     /// On flex (float32 and float64), for every kernel size, fused loops instead: the scaled
     /// columns of one tile of about 512 output positions at a time, in a buffer that stays in
-    /// cache, each tile's matrix products on one thread; nothing column-sized is allocated.
+    /// cache, each tile's matrix products on one thread; nothing column-sized is allocated. On
+    /// wgpu and CUDA, for every kernel size, CubeCL kernels around burn's matrix product: the
+    /// scaled columns written in one pass, no scaled copy.
     Factorized,
     /// Per backend, the path `pedconv bench` measured fastest. On flex (and `Autodiff` over it,
     /// float32 or float64), [`Factorized`](Self::Factorized), whose fused loops train (forward
     /// and backward) faster than both the per-sample kernels and burn's static convolution at
     /// every PEDConv layer shape of ResNet-18 and ResNet-50. On `Autodiff` over the CubeCL
-    /// backends (wgpu, CUDA), `Factorized` too: on wgpu (Vulkan) its im2col and matrix product
-    /// train 3 to 6 times faster than the per-sample kernels at every ResNet-18 layer (the
-    /// README's table). Elsewhere, and for inference on the CubeCL backends (where the
-    /// per-sample kernels' forward is the faster one at the early, high-resolution layers), the
+    /// backends (wgpu, CUDA), `Factorized` too: on wgpu (Vulkan) its kernels train 6 to 17
+    /// times faster than the per-sample kernels at every ResNet-18 layer (the README's table).
+    /// Elsewhere, and for inference on the CubeCL backends (where the per-sample kernels' single
+    /// grouped convolution is the faster forward on small inputs), the
     /// path that materialises fewer elements: `Factorized` whenever `Cout/g ≥ Ho·Wo` (its
     /// columns, or its scaled input for 1×1 kernels, are then no larger than the per-sample
     /// kernels), else [`PerSampleKernel`](Self::PerSampleKernel).

@@ -4,14 +4,15 @@
 //! updates per allocation), so the benchmark can report the peak memory of a step: the largest
 //! number of heap bytes allocated during it beyond what was allocated before it. On the CPU
 //! backends that is where tensors live. On the CubeCL backends (wgpu, CUDA) tensors live in
-//! CubeCL's memory pools, which keep what they have reserved until cleaned up and reserve more
-//! only when the bytes in use need it: the pools' growth over a step, from cleaned pools, is
-//! the device memory the step needed at its peak (with the pools' rounding), and
-//! [`device_reserved`] reads it.
+//! CubeCL's memory pools, which count the bytes in use but keep no peak: [`DevicePeak`] reads
+//! that count every millisecond from a second thread, on the measuring thread's CubeCL stream,
+//! while the step runs, and keeps the largest.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
@@ -45,8 +46,8 @@ pub struct Measure {
     pub millis: f64,
     /// Peak heap above the heap before the first (warm-up) run, in MiB.
     pub peak_mib: f64,
-    /// On the CubeCL backends: the growth of the device's memory pools over the first run,
-    /// from cleaned pools, in MiB.
+    /// On the CubeCL backends: the peak of the device memory in use during the first run
+    /// above the memory in use before it, sampled every millisecond, in MiB.
     pub device_peak_mib: Option<f64>,
 }
 
@@ -57,25 +58,63 @@ impl Measure {
     }
 }
 
-/// Bytes reserved by CubeCL's memory pools on `device`, when it is a CubeCL backend's device.
-pub fn device_reserved<D: Any>(device: &D) -> Option<u64> {
-    let device = device as &dyn Any;
-    #[cfg(feature = "wgpu")]
-    if let Some(device) = device.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
-        return reserved::<burn::backend::wgpu::WgpuRuntime>(device);
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(device) = device.downcast_ref::<burn::backend::cuda::CudaDevice>() {
-        return reserved::<burn_cubecl::cubecl::cuda::CudaRuntime>(device);
-    }
-    let _ = device;
-    None
+/// The device memory in use, sampled from a second thread while some work runs on the CubeCL
+/// backend of a device.
+struct DevicePeak {
+    /// Bytes in use now.
+    in_use: Box<dyn Fn() -> Option<u64> + Send + Sync>,
 }
 
-#[allow(dead_code)] // unused without the CubeCL backends' features
-fn reserved<R: burn_cubecl::cubecl::Runtime>(device: &R::Device) -> Option<u64> {
-    let usage = R::client(device).memory_usage().ok()?;
-    Some(usage.bytes_reserved)
+impl DevicePeak {
+    /// For `device`, when it is a CubeCL backend's device. The samples are read on the calling
+    /// thread's CubeCL stream, whose memory pools hold the work's tensors.
+    fn of<D: Any>(device: &D) -> Option<Self> {
+        let device = device as &dyn Any;
+        #[cfg(feature = "wgpu")]
+        if let Some(device) = device.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+            return Some(Self::on::<burn::backend::wgpu::WgpuRuntime>(device));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(device) = device.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+            return Some(Self::on::<burn_cubecl::cubecl::cuda::CudaRuntime>(device));
+        }
+        let _ = device;
+        None
+    }
+
+    #[allow(dead_code)] // unused without the CubeCL backends' features
+    fn on<R: burn_cubecl::cubecl::Runtime>(device: &R::Device) -> Self {
+        let client = R::client(device);
+        let stream = burn_cubecl::cubecl::stream_id::StreamId::current();
+        Self {
+            in_use: Box::new(move || {
+                let usage = stream.executes(|| client.memory_usage()).ok()?;
+                Some(usage.bytes_in_use)
+            }),
+        }
+    }
+
+    /// Runs `work` and answers the largest number of bytes in use seen while it ran, above the
+    /// bytes in use before it.
+    fn during(&self, work: impl FnOnce()) -> Option<u64> {
+        let before = (self.in_use)()?;
+        let peak = AtomicU64::new(before);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    if let Some(now) = (self.in_use)() {
+                        peak.fetch_max(now, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            work();
+            done.store(true, Ordering::Relaxed);
+        });
+        let peak = peak.load(Ordering::Relaxed).max((self.in_use)()?);
+        Some(peak - before)
+    }
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -83,15 +122,17 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Runs `work` once to warm up (and to measure its peak memory), then `reps` times on the clock.
 /// `work` runs on `device` of `B` and must synchronise it before it returns.
 pub fn measure<B: Backend>(reps: usize, device: &B::Device, mut work: impl FnMut()) -> Measure {
-    B::memory_cleanup(device);
-    let device_before = device_reserved(device);
     let before = CURRENT.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    work();
+    let device_peak = match DevicePeak::of(device) {
+        Some(sampler) => sampler.during(&mut work),
+        None => {
+            work();
+            None
+        }
+    };
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
-    let device_peak_mib = device_before
-        .zip(device_reserved(device))
-        .map(|(before, after)| after.saturating_sub(before) as f64 / MIB);
+    let device_peak_mib = device_peak.map(|bytes| bytes as f64 / MIB);
     let mut times: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let start = Instant::now();

@@ -368,8 +368,8 @@ impl BenchReport {
             self.threads,
             self.reps,
             if on_device {
-                "device memory: the growth of CubeCL's memory pools over the first run, from \
-                 cleaned pools (what the step needed at its peak, in the pools' rounding)"
+                "device memory in use above the inputs and parameters, its peak during the \
+                 warm-up run sampled every millisecond"
             } else {
                 "heap above the inputs and parameters"
             }

@@ -312,12 +312,14 @@ mod kernels {
             let mut sum = f32::new(0.0);
             for u in 0..sizes.kernel_h {
                 let reach_h = u * sizes.dilation_h;
-                if row >= reach_h && (row - reach_h) % sizes.stride_h == 0 {
+                if row >= reach_h && (row - reach_h).is_multiple_of(sizes.stride_h) {
                     let i = (row - reach_h) / sizes.stride_h;
                     if i < sizes.out_h {
                         for v in 0..sizes.kernel_w {
                             let reach_w = v * sizes.dilation_w;
-                            if column >= reach_w && (column - reach_w) % sizes.stride_w == 0 {
+                            if column >= reach_w
+                                && (column - reach_w).is_multiple_of(sizes.stride_w)
+                            {
                                 let j = (column - reach_w) / sizes.stride_w;
                                 if j < sizes.out_w {
                                     let t = u * sizes.kernel_w + v;
@@ -356,7 +358,7 @@ pub(super) fn forward<B: Backend>(
     operands: &Operands<B>,
     layout: &ConvLayout,
     keep: bool,
-) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
+) -> Option<OutputAndKept<B>> {
     #[cfg(feature = "wgpu")]
     if let Some(operands) = cast::<_, Operands<WgpuCube>>(operands.clone()) {
         return cast(forward_on(&operands, layout, keep));
@@ -395,6 +397,9 @@ pub(super) fn backward<B: Backend>(
 }
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+/// The forward's output and what it keeps for the backward pass.
+type OutputAndKept<B> = (Tensor<B, 4>, Option<Tensor<B, 4>>);
 
 /// A tensor's contiguous CubeCL primitive, in `dtype`.
 fn primitive<R, F, I, BT, const D: usize>(
@@ -492,10 +497,7 @@ fn forward_on<R, F, I, BT>(
     operands: &Operands<Cube<R, F, I, BT>>,
     layout: &ConvLayout,
     keep: bool,
-) -> (
-    Tensor<Cube<R, F, I, BT>, 4>,
-    Option<Tensor<Cube<R, F, I, BT>, 4>>,
-)
+) -> OutputAndKept<Cube<R, F, I, BT>>
 where
     R: CubeRuntime,
     F: FloatElement,
