@@ -61,7 +61,7 @@ impl ComputePath {
     ) -> ComputePath {
         let measured_fastest = matches!(
             BackendClass::of::<B>(),
-            BackendClass::Flex | BackendClass::CubeCl { autodiff: true }
+            BackendClass::Flex | BackendClass::CubeCl { autodiff: true, .. }
         );
         match self {
             ComputePath::Auto if measured_fastest || out_channels_per_group >= output_pixels => {

@@ -33,7 +33,7 @@
 //! ResNets' static convolutions take too ([`static_conv2d`]), and those of their batch norms
 //! (with the residual addition and ReLU that follow) and max-pooling. `wgpu` and `cuda` build
 //! CubeCL kernels for the factorized path (the same code on both), which static convolutions
-//! take in training there.
+//! take in training on wgpu.
 //!
 //! Layers compute in their input's float type: a half-precision (`f16`, `bf16`) input runs
 //! [`PedConv2d`] and the ResNets in that type, their float32 parameters cast to it by burn's
@@ -73,7 +73,7 @@ pub use pedconv2d::{PedConv2d, PedConvOutput};
 
 /// A static convolution with burn's [`Conv2d`](burn::nn::conv::Conv2d) parameters and options,
 /// `conv2d(x, W) + bias`, by the fastest route measured on `B`: the factorized path's fused
-/// loops on flex, its CubeCL kernels in training on wgpu and CUDA (with unit factors: a static
+/// loops on flex, its CubeCL kernels in training on wgpu (with unit factors: a static
 /// convolution is PEDConv with every attention one), burn's convolution elsewhere. The ResNets'
 /// static convolutions run through it; the module stays burn's `Conv2d`, so its parameters and
 /// checkpoints are unchanged.

@@ -193,11 +193,23 @@ pub(crate) fn fused_columns<B: Backend>() -> bool {
 pub(crate) enum BackendClass {
     /// flex, where the factorized path runs as fused loops.
     Flex,
-    /// The CubeCL backends, wgpu and CUDA, where the paths are compositions of tensor
-    /// operations; `autodiff`: `Autodiff` over one, where layers train.
-    CubeCl { autodiff: bool },
+    /// The CubeCL backends, wgpu and CUDA, where the factorized path runs as CubeCL kernels;
+    /// `autodiff`: `Autodiff` over one, where layers train.
+    CubeCl {
+        runtime: CubeRuntime,
+        autodiff: bool,
+    },
     /// Any other backend (ndarray among them): not measured.
     Unmeasured,
+}
+
+/// Which CubeCL runtime a [`BackendClass::CubeCl`] backend runs on: measured on wgpu (through
+/// lavapipe), not yet on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each is constructed where its backend's feature is built
+pub(crate) enum CubeRuntime {
+    Wgpu,
+    Cuda,
 }
 
 impl BackendClass {
@@ -209,11 +221,13 @@ impl BackendClass {
         }
         #[cfg(feature = "wgpu")]
         if let Some(autodiff) = over::<B, burn::backend::Wgpu>() {
-            return Self::CubeCl { autodiff };
+            let runtime = CubeRuntime::Wgpu;
+            return Self::CubeCl { runtime, autodiff };
         }
         #[cfg(feature = "cuda")]
         if let Some(autodiff) = over::<B, burn::backend::Cuda>() {
-            return Self::CubeCl { autodiff };
+            let runtime = CubeRuntime::Cuda;
+            return Self::CubeCl { runtime, autodiff };
         }
         Self::Unmeasured
     }
@@ -229,13 +243,21 @@ impl BackendClass {
 
     /// Whether a static convolution takes the columns formulation (with unit factors) rather
     /// than burn's convolution: on flex, whose fused loops train and infer about twice as fast
-    /// as its convolution; in training on the CubeCL backends, where burn's convolution spends
-    /// 15–25 times its forward in the backward pass and the kernels train 5–12 times as fast
-    /// (lavapipe; the README's cost section). In inference there, burn's single convolution
-    /// launch beats the kernels' three on small inputs (a ResNet-18 at width 1/4 on 64² images
-    /// infers 1.6× faster with it).
+    /// as its convolution; in training on wgpu, where burn's convolution spends 15–25 times its
+    /// forward in the backward pass and the kernels train 5–12 times as fast (lavapipe; the
+    /// README's cost section). In inference there, burn's single convolution launch beats the
+    /// kernels' three on small inputs (a ResNet-18 at width 1/4 on 64² images infers 1.6× faster
+    /// with it). CUDA keeps burn's convolution (implicit GEMM on the tensor cores) until the GPU
+    /// check's per-layer rows (`static` against `static (pedconv)`) have been measured.
     pub fn static_by_columns(self) -> bool {
-        matches!(self, Self::Flex | Self::CubeCl { autodiff: true })
+        matches!(
+            self,
+            Self::Flex
+                | Self::CubeCl {
+                    runtime: CubeRuntime::Wgpu,
+                    autodiff: true
+                }
+        )
     }
 }
 
@@ -594,7 +616,7 @@ mod backend_classes {
     use burn::backend::Autodiff;
     use burn::tensor::backend::Backend;
 
-    use super::{BackendClass, Engine};
+    use super::{BackendClass, CubeRuntime, Engine};
     use crate::ComputePath;
 
     /// `I` has `class` and autodiff over it `trains` (either checkpointing strategy); `Auto`
@@ -648,20 +670,20 @@ mod backend_classes {
             Engine::TensorOps,
             [false, false],
         );
-        let cubecl = [CubeCl { autodiff: false }, CubeCl { autodiff: true }];
+        let cubecl = |runtime| [false, true].map(|autodiff| CubeCl { runtime, autodiff });
         #[cfg(feature = "wgpu")]
         pinned::<burn::backend::Wgpu>(
-            cubecl,
+            cubecl(CubeRuntime::Wgpu),
             [PerSampleKernel, Factorized],
             Engine::CubeKernels,
             [false, true],
         );
         #[cfg(feature = "cuda")]
         pinned::<burn::backend::Cuda>(
-            cubecl,
+            cubecl(CubeRuntime::Cuda),
             [PerSampleKernel, Factorized],
             Engine::CubeKernels,
-            [false, true],
+            [false, false],
         );
         let _ = cubecl;
     }
