@@ -353,7 +353,7 @@ type WgpuCube = burn::backend::Wgpu;
 type CudaCube = burn::backend::Cuda;
 
 /// The output and, when `keep` asks for it, `per_term` channels first `[out, N, Ho, Wo]` (as
-/// the tensor operations keep it); `None` unless `B` is a backend of [`runs_on`].
+/// the tensor operations keep it); `None` unless `B` is wgpu or CUDA.
 pub(super) fn forward<B: Backend>(
     operands: &Operands<B>,
     layout: &ConvLayout,
@@ -371,8 +371,8 @@ pub(super) fn forward<B: Backend>(
     None
 }
 
-/// The gradients that `needed` asks for (zeros for the others); `None` unless `B` is a backend
-/// of [`runs_on`].
+/// The gradients that `needed` asks for (zeros for the others); `None` unless `B` is wgpu or
+/// CUDA.
 pub(super) fn backward<B: Backend>(
     operands: &Operands<B>,
     per_term: Option<&Tensor<B, 4>>,
@@ -396,6 +396,7 @@ pub(super) fn backward<B: Backend>(
     None
 }
 
+/// A CubeCL backend, as the kernels' wrappers take it.
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
 /// The forward's output and what it keeps for the backward pass.
