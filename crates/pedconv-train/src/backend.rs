@@ -153,13 +153,14 @@ pub fn dispatch_parallel<J: ParallelJob>(
     {
         return Err(format!("device {index} is listed twice"));
     }
-    let workers = indices.len();
     match choice {
         #[cfg(feature = "flex")]
-        BackendChoice::Flex => job.run::<burn::backend::Flex>(vec![Default::default(); workers]),
+        BackendChoice::Flex => {
+            job.run::<burn::backend::Flex>(vec![Default::default(); indices.len()])
+        }
         #[cfg(feature = "ndarray")]
         BackendChoice::Ndarray => {
-            job.run::<burn::backend::NdArray>(vec![Default::default(); workers])
+            job.run::<burn::backend::NdArray>(vec![Default::default(); indices.len()])
         }
         #[cfg(feature = "wgpu")]
         BackendChoice::Wgpu | BackendChoice::Vulkan => {
@@ -167,7 +168,7 @@ pub fn dispatch_parallel<J: ParallelJob>(
             // One device is the platform's default GPU for index 0; several are always
             // numbered, so that 0 and 1 are two adapters.
             let gpu = |index: usize| match index {
-                0 if workers == 1 => WgpuDevice::DefaultDevice,
+                0 if indices.len() == 1 => WgpuDevice::DefaultDevice,
                 index => WgpuDevice::DiscreteGpu(index),
             };
             let gpus: Vec<WgpuDevice> = indices.iter().map(|&index| gpu(index)).collect();
@@ -188,7 +189,7 @@ pub fn dispatch_parallel<J: ParallelJob>(
             let gpus: Vec<CudaDevice> = indices.iter().map(|&i| CudaDevice::new(i)).collect();
             check_devices::<burn::backend::Cuda>(choice, indices, &gpus)?;
             #[cfg(feature = "ddp")]
-            if workers > 1 {
+            if gpus.len() > 1 {
                 return job.run_distributed::<burn::backend::Cuda>(gpus);
             }
             job.run::<burn::backend::Cuda>(gpus)
