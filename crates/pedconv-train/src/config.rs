@@ -1,10 +1,9 @@
 //! The experiment configuration (a burn `Config`, saved as JSON in every run directory).
 
 use burn::config::Config;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::SgdConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, ElementConversion, Tensor};
+use pedconv::optim::MomentumSgd;
 use pedconv::resnet::{ResNetConfig, ResNetDepth};
 use serde::{Deserialize, Serialize};
 
@@ -176,14 +175,12 @@ impl TrainConfig {
     }
 
     /// The recipe's optimizer: SGD with momentum, without dampening (as PyTorch's; burn's
-    /// default dampens).
-    pub fn optimizer(&self) -> SgdConfig {
-        SgdConfig::new().with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(self.momentum)
-                .with_dampening(0.0)
-                .with_nesterov(self.nesterov),
-        ))
+    /// default dampens), one kernel per parameter on the GPU backends.
+    pub fn optimizer(&self) -> MomentumSgd {
+        MomentumSgd {
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+        }
     }
 
     /// Images per optimizer step.

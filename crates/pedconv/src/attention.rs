@@ -3,10 +3,10 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
+use crate::activation::{relu, sigmoid};
 use crate::precision::{at_least_f32, linear};
 
 /// Sizes of the three attention factors of one layer, per rank-1 term.

@@ -33,7 +33,8 @@
 //! ResNets' static convolutions take too ([`static_conv2d`]), and those of their batch norms
 //! (with the residual addition and ReLU that follow) and max-pooling. `wgpu` and `cuda` build
 //! CubeCL kernels for the factorized path (the same code on both), which static convolutions
-//! take in training on wgpu.
+//! take in training on wgpu, and one-launch kernels for the attention branch's activations and
+//! for the step of [`optim::MomentumSgd`], the training recipe's optimizer.
 //!
 //! Layers compute in their input's float type: a half-precision (`f16`, `bf16`) input runs
 //! [`PedConv2d`] and the ResNets in that type, their float32 parameters cast to it by burn's
@@ -46,8 +47,11 @@
 //! model of one's own that swaps a `Conv2d` for a `PedConv2d`.
 
 mod accounting;
+mod activation;
 mod attention;
 mod config;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 mod error;
 #[cfg(feature = "flex")]
 mod flex;
@@ -56,6 +60,7 @@ pub mod import;
 mod norm;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod optim;
 mod paths;
 mod pedconv2d;
 mod pool;
