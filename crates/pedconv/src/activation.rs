@@ -130,6 +130,7 @@ mod cube {
         None
     }
 
+    /// [`apply`] on the CubeCL backend `C`: `B` is `C`, or autodiff over it.
     fn on_runtime<B, C, const D: usize>(
         x: &Tensor<B, D>,
         activation: Activation,

@@ -166,6 +166,7 @@ mod cube {
         None
     }
 
+    /// [`step`] on the CubeCL backend `C`, when `B` is `C`.
     fn step_on<B: Backend, C: CubeLike, const D: usize>(
         sgd: &MomentumSgd,
         lr: LearningRate,
