@@ -1,8 +1,8 @@
 //! The attention branch's sigmoid and ReLU, one kernel launch each way on the CubeCL backends.
 //!
 //! Without burn's `fusion`, burn 0.21's CubeCL backends compose a sigmoid from six elementwise
-//! kernels (`exp(-log(exp(-x) + 1))` and two casts' worth of negations) and differentiate it by
-//! computing it again and then four more; a ReLU is two kernels each way. The attention branch
+//! kernels (`exp(-log(exp(-x) + 1))`: three functions, two negations, an addition) and
+//! differentiate it by computing it again and then four more; a ReLU is two kernels each way. The attention branch
 //! of every PEDConv layer runs three sigmoids and two ReLUs on tensors of a few hundred values,
 //! where each launch costs far more than its arithmetic: as a kernel each way (the backward
 //! pass reading the kept output), they run in 10 launches per layer instead of 56. Every other
@@ -52,7 +52,7 @@ mod cube {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::Autodiff;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{Tensor, TensorPrimitive};
+    use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
     use burn_cubecl::kernel::into_contiguous;
     use burn_cubecl::tensor::CubeTensor;
     use burn_cubecl::CubeRuntime;
@@ -60,7 +60,7 @@ mod cube {
     use kernels::{backward_kernel, forward_kernel};
 
     use super::Activation;
-    use crate::cube::{elementwise_grid, empty_like, CubeLike};
+    use crate::cube::{empty, grid, CubeLike};
     use crate::paths::cast;
 
     /// The kernels (CubeCL's `Tensor`, apart from burn's).
@@ -193,7 +193,8 @@ mod cube {
 
     fn launch_forward<R: CubeRuntime>(x: CubeTensor<R>, activation: Activation) -> CubeTensor<R> {
         let x = into_contiguous(x);
-        let (y, (count, dim)) = (empty_like(&x), elementwise_grid(&x));
+        let (count, dim) = grid(&x.client, x.shape().num_elements());
+        let y = empty(&x, x.shape());
         forward_kernel::launch::<R>(
             &x.client,
             count,
@@ -212,7 +213,8 @@ mod cube {
         activation: Activation,
     ) -> CubeTensor<R> {
         let grad = into_contiguous(grad);
-        let (grad_x, (count, dim)) = (empty_like(&grad), elementwise_grid(&grad));
+        let (count, dim) = grid(&grad.client, grad.shape().num_elements());
+        let grad_x = empty(&grad, grad.shape());
         backward_kernel::launch::<R>(
             &grad.client,
             count,

@@ -1,12 +1,12 @@
-//! What the elementwise CubeCL kernels of this crate share (the activations, the optimizer
-//! step): the backends they run on and their launch grid.
+//! What the CubeCL kernels of this crate share (the factorized path's, the activations', the
+//! optimizer step's): the backends they run on, their output allocation and launch grid.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::TensorMetadata;
+use burn::tensor::Shape;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use cubecl::prelude::CubeCount;
+use cubecl::prelude::{ComputeClient, CubeCount};
 use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
 /// A CubeCL backend: burn's `CubeBackend` over some runtime and element types.
@@ -26,22 +26,16 @@ where
     type Runtime = R;
 }
 
-/// An uninitialised tensor of `like`'s shape, type and device.
-pub(crate) fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
-    empty_device_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        like.shape(),
-        like.dtype,
-    )
+/// An uninitialised tensor of `shape`, with `like`'s type and device.
+pub(crate) fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
+    empty_device_dtype(like.client.clone(), like.device.clone(), shape, like.dtype)
 }
 
-/// One thread per element of `tensor`: the launch's cube count and dimension.
-pub(crate) fn elementwise_grid<R: CubeRuntime>(tensor: &CubeTensor<R>) -> (CubeCount, CubeDim) {
-    let elements = tensor.shape().num_elements();
-    let dim = CubeDim::new(&tensor.client, elements);
-    (
-        calculate_cube_count_elemwise(&tensor.client, elements, dim),
-        dim,
-    )
+/// One thread per element of `threads` elements: the launch's cube count and dimension.
+pub(crate) fn grid<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    threads: usize,
+) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(client, threads);
+    (calculate_cube_count_elemwise(client, threads, dim), dim)
 }

@@ -93,11 +93,11 @@ impl<B: Backend> SimpleOptimizer<B> for MomentumSgd {
 mod cube {
     use burn::optim::LearningRate;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{Tensor, TensorPrimitive};
+    use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
     use burn_cubecl::kernel::into_contiguous;
 
     use super::MomentumSgd;
-    use crate::cube::{elementwise_grid, empty_like, CubeLike};
+    use crate::cube::{empty, grid, CubeLike};
     use crate::paths::cast;
     use kernels::step_kernel;
 
@@ -183,8 +183,9 @@ mod cube {
             Some(velocity) => Some(primitive(velocity)?),
             None => None,
         };
-        let (new_param, new_velocity) = (empty_like(&param), empty_like(&param));
-        let (count, dim) = elementwise_grid(&param);
+        let (new_param, new_velocity) =
+            (empty(&param, param.shape()), empty(&param, param.shape()));
+        let (count, dim) = grid(&param.client, param.shape().num_elements());
         step_kernel::launch::<C::Runtime>(
             &param.client,
             count,

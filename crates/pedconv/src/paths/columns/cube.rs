@@ -18,11 +18,10 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::StorageType;
-use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
+use cubecl::{CubeCount, CubeDim};
 
 use kernels::*;
 
@@ -454,21 +453,12 @@ impl<R: CubeRuntime> Primitives<R> {
     }
 
     fn empty(&self, shape: Vec<usize>) -> CubeTensor<R> {
-        empty_device_dtype(
-            self.x.client.clone(),
-            self.x.device.clone(),
-            shape.into(),
-            self.x.dtype,
-        )
+        crate::cube::empty(&self.x, shape.into())
     }
 
-    /// One thread per element of `threads`: the launch's cube dimension and count.
+    /// One thread per element of `threads`: the launch's cube count and dimension.
     fn grid(&self, threads: usize) -> (CubeCount, CubeDim) {
-        let dim = CubeDim::new(&self.x.client, threads);
-        (
-            calculate_cube_count_elemwise(&self.x.client, threads, dim),
-            dim,
-        )
+        crate::cube::grid(&self.x.client, threads)
     }
 
     fn dtype(&self) -> StorageType {
