@@ -14,9 +14,10 @@ tasks:
   ci          lint, test, test-wgpu: what .ci/run runs
   bench       `pedconv bench` in a release build (arguments after `bench` are passed on;
               default: flex, ResNet-18 and -50 layers, ResNet-18 at 16x224 and 64x64)
-  gpu-check   build the CUDA binaries (`pedconv`, its DDP build, the test suite on CUDA),
-              stripped and compressed, into gpu-check/ with the script that runs them on a
-              machine with an NVIDIA GPU and no internet, and print the command
+  gpu-check   build the CUDA binaries (`pedconv`, its DDP build, the tests on CUDA),
+              stripped and compressed, into gpu-check/ with run.sh, which runs them on a
+              machine with an NVIDIA GPU and no internet under one deadline, writing
+              docs/gpu-notes.md after every step (docs/gpu-check.md); print the command
 ";
 
 fn cargo(args: &[&str]) -> Result<(), String> {

@@ -229,25 +229,27 @@ mod cube {
     }
 }
 
-/// The kernels on wgpu against burn's own activations on wgpu: values and gradients, float32,
+/// The kernels on the GPU backend under test (wgpu or CUDA) against burn's own activations on
+/// the same backend: values and gradients, float32,
 /// through autodiff, on more elements than one cube holds. burn's sigmoid, `exp(-log(e^-x + 1))`,
 /// rounds differently from `1 / (1 + e^-x)`: values in (0, 1) within 1e-6 (about 16 ulps of
 /// 1), gradients within 1e-6 of the largest; ReLU is exact.
-#[cfg(all(test, feature = "test-wgpu"))]
+#[cfg(all(test, any(feature = "test-wgpu", feature = "test-cuda")))]
 mod tests {
-    use burn::backend::{Autodiff, Flex, Wgpu};
+    use burn::backend::Autodiff;
     use burn::tensor::{Distribution, Tensor, TensorData, Tolerance};
 
     use super::*;
+    use crate::testing::GpuBackend;
 
-    type B = Autodiff<Wgpu>;
+    type B = Autodiff<GpuBackend>;
 
     #[test]
     fn the_cubecl_backends_take_the_kernels() {
         let x = Tensor::<B, 2>::zeros([2, 3], &Default::default());
         assert!(cube::apply(&x, Activation::Sigmoid).is_some());
         assert!(cube::apply(&x.inner(), Activation::Relu).is_some());
-        let x = Tensor::<Flex, 2>::zeros([2, 3], &Default::default());
+        let x = Tensor::<burn::backend::Flex, 2>::zeros([2, 3], &Default::default());
         assert!(cube::apply(&x, Activation::Sigmoid).is_none());
     }
 

@@ -259,15 +259,16 @@ mod tests {
         }
     }
 
-    /// On wgpu, the kernel; a GPU compiler may contract `μ·v + g` into one fused
+    /// On the GPU backend under test (wgpu or CUDA), the kernel; a GPU compiler may contract `μ·v + g` into one fused
     /// multiply-add, one rounding fewer: within 1e-5 on parameters of magnitude up to about 5
     /// (ulp 5e-7), a few roundings.
-    #[cfg(feature = "test-wgpu")]
+    #[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
     #[test]
-    fn the_kernel_steps_as_burns_sgd_on_wgpu() {
+    fn the_kernel_steps_as_burns_sgd_on_the_gpu() {
+        use crate::testing::GpuBackend;
         use burn::tensor::Tolerance;
 
-        let x = Tensor::<burn::backend::Wgpu, 1>::ones([3], &Default::default());
+        let x = Tensor::<GpuBackend, 1>::ones([3], &Default::default());
         let sgd = MomentumSgd {
             momentum: 0.5,
             nesterov: false,
@@ -281,7 +282,7 @@ mod tests {
                 momentum: 0.875,
                 nesterov,
             };
-            for [ours, reference] in steps::<burn::backend::Wgpu>(sgd) {
+            for [ours, reference] in steps::<GpuBackend>(sgd) {
                 ours.assert_approx_eq::<f32>(&reference, Tolerance::absolute(1e-5));
             }
         }

@@ -95,7 +95,8 @@ impl DevicePeak {
     }
 
     /// Runs `work` and answers the largest number of bytes in use seen while it ran, above the
-    /// bytes in use before it.
+    /// bytes in use before it. A panic of `work` stops the sampling thread and goes on
+    /// unwinding once that thread has ended, never waiting for it for ever.
     fn during(&self, work: impl FnOnce()) -> Option<u64> {
         let before = (self.in_use)()?;
         let peak = AtomicU64::new(before);
@@ -109,11 +110,20 @@ impl DevicePeak {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             });
+            let _stop_sampling = SetOnDrop(&done);
             work();
-            done.store(true, Ordering::Relaxed);
         });
         let peak = peak.load(Ordering::Relaxed).max((self.in_use)()?);
         Some(peak - before)
+    }
+}
+
+/// Sets its flag when dropped: when the work returns, and when it panics too.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -174,6 +184,63 @@ pub fn keep_freed_memory() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A measured run that panics (as a CUDA error or an autotune failure does) ends the
+    /// sampling and passes the panic on, with its message, instead of leaving the sampling
+    /// thread to run for ever.
+    #[test]
+    fn a_panicking_measurement_ends_with_its_panic() {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let sampler = DevicePeak {
+                in_use: Box::new(|| Some(1 << 20)),
+            };
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sampler.during(|| panic!("the measured step failed"))
+            }));
+            let _ = sender.send(outcome.map_err(|panic| {
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|message| message.to_string())
+            }));
+        });
+        let outcome = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the measurement ended within 30 s");
+        assert_eq!(
+            outcome,
+            Err(Some("the measured step failed".to_string())),
+            "the measurement passes the work's panic on"
+        );
+    }
+
+    /// Sampling a run that returns keeps the largest count seen above the count before it.
+    #[test]
+    fn the_sampled_peak_is_the_largest_count_seen() {
+        use std::sync::Arc;
+        let count = Arc::new(AtomicU64::new(100));
+        let seen_high = Arc::new(AtomicBool::new(false));
+        let sampler = DevicePeak {
+            in_use: Box::new({
+                let (count, seen_high) = (count.clone(), seen_high.clone());
+                move || {
+                    let now = count.load(Ordering::SeqCst);
+                    if now == 400 {
+                        seen_high.store(true, Ordering::SeqCst);
+                    }
+                    Some(now)
+                }
+            }),
+        };
+        let peak = sampler.during(|| {
+            count.store(400, Ordering::SeqCst);
+            while !seen_high.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            count.store(150, Ordering::SeqCst);
+        });
+        assert_eq!(peak, Some(300));
+    }
 
     #[cfg(feature = "flex")]
     /// The binary's allocator counts the heap: a 64 MiB vector shows as at least 64 MiB.

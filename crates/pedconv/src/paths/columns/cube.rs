@@ -667,14 +667,20 @@ where
     }
 }
 
-/// The kernels on wgpu against the fused loops on flex, through the autodiff operation both
-/// run in training: output and every gradient, float32, random operands, for every kernel
-/// size, stride and padding of the ResNets and beyond (groups, rank 2, dilation, asymmetric
-/// padding). The two sum in different orders in float32 (at most `in/g·kh·kw` = 147 terms
-/// here): 1e-5 of the largest value, about 100 ulps, still fails on any wrong term.
-#[cfg(all(test, feature = "test-wgpu", feature = "flex"))]
+/// The kernels on the GPU backend under test (wgpu or CUDA) against the fused loops on flex,
+/// through the autodiff operation both run in training: output and every gradient, float32,
+/// random operands, for every kernel size, stride and padding of the ResNets and beyond
+/// (groups, rank 2, dilation, asymmetric padding). The two sum in different orders in float32
+/// (at most `in/g·kh·kw` = 147 terms here): 1e-5 of the largest value, about 100 ulps, still
+/// fails on any wrong term; with CUDA's TF32 products, see
+/// [`gpu_products_tolerance`](crate::testing::gpu_products_tolerance).
+#[cfg(all(
+    test,
+    any(feature = "test-wgpu", feature = "test-cuda"),
+    feature = "flex"
+))]
 mod tests {
-    use burn::backend::{Autodiff, Flex, Wgpu};
+    use burn::backend::{Autodiff, Flex};
     use burn::nn::PaddingConfig2d;
     use burn::tensor::{Distribution, Tensor, TensorData};
 
@@ -682,6 +688,7 @@ mod tests {
     use crate::geometry::ConvGeometry;
     use crate::paths::recompute::tracked_forward;
     use crate::paths::{BackendClass, ConvLayout, Engine, Formulation, Operands};
+    use crate::testing::{gpu_products_tolerance, GpuBackend};
 
     /// The operands' values, drawn once and loaded on both backends.
     struct Values {
@@ -758,8 +765,11 @@ mod tests {
     }
 
     #[test]
-    fn kernels_on_wgpu_equal_the_fused_loops_on_flex() {
-        assert_eq!(BackendClass::of::<Wgpu>().engine(), Engine::CubeKernels);
+    fn kernels_on_the_gpu_equal_the_fused_loops_on_flex() {
+        assert_eq!(
+            BackendClass::of::<GpuBackend>().engine(),
+            Engine::CubeKernels
+        );
         assert_eq!(BackendClass::of::<Flex>().engine(), Engine::FlexLoops);
         let pad = |p| PaddingConfig2d::Explicit(p, p, p, p);
         // (channels [in, out], kernel, stride, dilation, padding, groups, rank, [batch, H, W])
@@ -802,13 +812,19 @@ mod tests {
                 probe: draw([batch, cout, ho, wo], false),
             };
             let expected = evaluate::<Flex>(&values, layout);
-            let actual = evaluate::<Wgpu>(&values, layout);
+            let actual = evaluate::<GpuBackend>(&values, layout);
             let name = format!("{channels:?} {kernel_size:?} stride {stride:?} dilation {dilation:?} groups {groups} rank {rank}");
             for (what, (actual, expected)) in ["output", "x", "a_in", "a_out", "a_k", "W"]
                 .iter()
                 .zip(actual.iter().zip(&expected))
             {
-                crate::testing::assert_close(&format!("{name}: {what}"), actual, expected, 1e-5);
+                let tolerance = gpu_products_tolerance(1e-5);
+                crate::testing::assert_close(
+                    &format!("{name}: {what}"),
+                    actual,
+                    expected,
+                    tolerance,
+                );
             }
         }
     }

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 /// The backend the tests run on: flex (CPU) by default, wgpu with the `test-wgpu` feature,
-/// CUDA with `test-cuda`.
+/// CUDA with `test-cuda` (wgpu where both are on).
 #[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
 pub type TestBackend = burn::backend::Flex;
 #[cfg(feature = "test-wgpu")]
@@ -25,17 +25,31 @@ pub struct Precision {
     pub tolerance: f64,
 }
 
-/// flex and CUDA compute in float64: the paths and the reference differ only in summation
-/// order, so errors stay within a few hundred ulps of the largest value (1e-12 is about 5000
-/// ulps). (CUDA's float32 matrix products may run on TF32 tensor cores, 10-bit mantissas.)
+/// flex computes in float64: the paths and the reference differ only in summation order, so
+/// errors stay within a few hundred ulps of the largest value (1e-12 is about 5000 ulps).
+///
 /// wgpu computes in float32 (no f64 on the software Vulkan driver): convolutions of a few hundred
 /// terms accumulate relative errors of order 1e-5; 1e-4 leaves a margin while still catching
 /// any wrong term, whose contribution is of order 1e-2 or more.
+///
+/// CUDA computes in float32 (cubecl-cuda registers no float64), and its matrix products and
+/// convolutions round their operands to TF32 (10-bit mantissa, unit roundoff u = 2⁻¹¹ ≈ 4.9e-4).
+/// Each product then carries a relative error of standard deviation about √(2/3)·u ≈ 4e-4, and
+/// a sum of n products of random signs an error of about 4e-4 of its own root-mean-square value;
+/// the largest of some thousand outputs lies within 4.5 such deviations, about 2e-3 of the rms,
+/// under 1e-3 of the largest magnitude. [`TF32_LAYER`] (5e-3) leaves a margin of five; a wrong
+/// term of a sum of at most a few hundred moves the result by more than 1/(3·√n) ≈ 2e-2 of
+/// the largest value.
 pub fn precision() -> Precision {
     if cfg!(feature = "test-wgpu") {
         Precision {
             dtype: DType::F32,
             tolerance: 1e-4,
+        }
+    } else if cfg!(feature = "test-cuda") {
+        Precision {
+            dtype: DType::F32,
+            tolerance: TF32_LAYER,
         }
     } else {
         Precision {
@@ -44,6 +58,26 @@ pub fn precision() -> Precision {
         }
     }
 }
+
+/// Relative tolerance of one layer's output or gradients computed with TF32 matrix products
+/// (see [`precision`]).
+pub const TF32_LAYER: f64 = 5e-3;
+
+/// Relative tolerance of a whole network's float32 logits: `float32` where the backend computes
+/// in float32 throughout, [`TF32_NETWORK`] on CUDA.
+pub fn network_tolerance(float32: f64) -> f64 {
+    if cfg!(all(feature = "test-cuda", not(feature = "test-wgpu"))) {
+        TF32_NETWORK
+    } else {
+        float32
+    }
+}
+
+/// Relative tolerance of logits after some twenty layers with TF32 products: each layer adds
+/// an independent relative error of about 4e-4 of its output's rms (see [`precision`]), so the
+/// logits carry about √20 · 4e-4 ≈ 2e-3 of their rms, some 1e-3 of their largest magnitude;
+/// 1e-2 leaves a margin of five to ten, while a wrong weight or statistic moves logits by far more.
+pub const TF32_NETWORK: f64 = 1e-2;
 
 pub fn device<B: Backend>() -> B::Device {
     Default::default()
