@@ -35,6 +35,16 @@ impl BackendChoice {
         }
     }
 
+    /// Whether this build has it.
+    pub fn compiled(self) -> bool {
+        match self {
+            Self::Flex => cfg!(feature = "flex"),
+            Self::Ndarray => cfg!(feature = "ndarray"),
+            Self::Wgpu | Self::Vulkan => cfg!(feature = "wgpu"),
+            Self::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
     /// The cargo feature that compiles it in.
     fn feature(self) -> &'static str {
         match self {
@@ -139,8 +149,9 @@ pub fn dispatch<J: BackendJob>(
 }
 
 /// Runs `job` on the chosen backend's devices of the given indices: GPUs, or on a CPU backend as
-/// many workers on its one device. Several CUDA devices run distributed data parallel in a
-/// build with the `ddp` feature.
+/// many workers on its one device. In a build with the `ddp` feature, CUDA devices run
+/// distributed data parallel, one device too (burn-train's DDP strategy with its all-reduce,
+/// over one GPU), so that the strategy runs wherever the build does.
 pub fn dispatch_parallel<J: ParallelJob>(
     choice: BackendChoice,
     indices: &[usize],
@@ -189,9 +200,8 @@ pub fn dispatch_parallel<J: ParallelJob>(
             let gpus: Vec<CudaDevice> = indices.iter().map(|&i| CudaDevice::new(i)).collect();
             check_devices::<burn::backend::Cuda>(choice, indices, &gpus)?;
             #[cfg(feature = "ddp")]
-            if gpus.len() > 1 {
-                return job.run_distributed::<burn::backend::Cuda>(gpus);
-            }
+            return job.run_distributed::<burn::backend::Cuda>(gpus);
+            #[cfg(not(feature = "ddp"))]
             job.run::<burn::backend::Cuda>(gpus)
         }
         #[allow(unreachable_patterns)]

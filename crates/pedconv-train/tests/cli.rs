@@ -226,9 +226,11 @@ fn train_writes_a_reproducible_run_directory_and_never_overwrites_it() {
         "model.mpk",
         "epochs.jsonl",
         "checkpoint/model-2.mpk",
+        "curves.svg",
     ] {
         assert!(output.join(file).exists(), "{file} is missing");
     }
+    assert_events_match_journal(&output);
     let (again, _) = run("second");
     assert_eq!(
         valid_metrics(&output),
@@ -299,8 +301,10 @@ fn resume_continues_a_run_and_a_nan_loss_stops_it() {
 
 /// A copy of the run directory `from` at `to`.
 fn copy_run(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("checkpoint")).unwrap();
-    for dir in ["", "checkpoint"] {
+    for dir in ["checkpoint", "tensorboard/train", "tensorboard/valid"] {
+        std::fs::create_dir_all(to.join(dir)).unwrap();
+    }
+    for dir in ["", "checkpoint", "tensorboard/train", "tensorboard/valid"] {
         for entry in std::fs::read_dir(from.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {
@@ -336,6 +340,109 @@ fn epoch_metrics(run: &Path) -> Vec<(u64, serde_json::Value, serde_json::Value)>
             )
         })
         .collect()
+}
+
+/// Every scalar of a run's TensorBoard event files as TensorBoard's own reader loads them
+/// (`tests/tensorboard/read_events.py`): split → tag → `[[step, value], …]`. Without Python's
+/// `tensorboard` package, fails saying so, or answers `None` with `PEDCONV_SKIP_TENSORBOARD=1`.
+fn tensorboard_scalars(run: &Path) -> Option<serde_json::Value> {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import tensorboard"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !available {
+        if std::env::var_os("PEDCONV_SKIP_TENSORBOARD").is_some_and(|v| v == "1") {
+            eprintln!("skipped reading {} with TensorBoard", run.display());
+            return None;
+        }
+        panic!(
+            "TensorBoard is missing: `python3 -c \"import tensorboard\"` fails. Install it with \
+             `python3 -m pip install tensorboard`, or set PEDCONV_SKIP_TENSORBOARD=1 to skip \
+             reading the event files"
+        );
+    }
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/tensorboard/read_events.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(run)
+        .output()
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "read_events.py: {stderr}");
+    Some(serde_json::from_slice(&output.stdout).expect("read_events.py prints JSON"))
+}
+
+/// TensorBoard finds every metric of every epoch of `epochs.jsonl` once, at the epoch's step,
+/// with the journal's value (stored as float32: 1e-6 relative, some ten float32 ulps), and the
+/// training loss every 10 iterations at strictly increasing steps.
+fn assert_events_match_journal(run: &Path) {
+    let Some(scalars) = tensorboard_scalars(run) else {
+        return;
+    };
+    let journal: Vec<serde_json::Value> = std::fs::read_to_string(run.join("epochs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let epochs: Vec<u64> = journal
+        .iter()
+        .map(|r| r["epoch"].as_u64().unwrap())
+        .collect();
+    let tags = [
+        ("Loss", "loss"),
+        ("Accuracy", "top1"),
+        ("Top-K Accuracy @ TopK(5)", "top5"),
+        ("Learning Rate", "learning_rate"),
+    ];
+    for split in ["train", "valid"] {
+        let mut expected: Vec<(&str, Vec<f64>)> = tags
+            .iter()
+            .filter(|(name, _)| journal[0][split].get(name).is_some())
+            .map(|&(name, tag)| {
+                let values = journal.iter().map(|r| r[split][name].as_f64().unwrap());
+                (tag, values.collect())
+            })
+            .collect();
+        if split == "train" {
+            let rates = journal
+                .iter()
+                .map(|r| r["images_per_second"].as_f64().unwrap());
+            expected.push(("images_per_second", rates.collect()));
+        }
+        assert!(expected.len() >= 3, "{split}: {journal:?}");
+        for (tag, values) in expected {
+            let events = scalars[split][tag]
+                .as_array()
+                .unwrap_or_else(|| panic!("no {split} {tag} in {scalars}"));
+            let steps: Vec<u64> = events.iter().map(|e| e[0].as_u64().unwrap()).collect();
+            assert_eq!(steps, epochs, "{split} {tag}: one event per epoch");
+            for (event, value) in events.iter().zip(values) {
+                let read = event[1].as_f64().unwrap();
+                assert!(
+                    (read - value).abs() <= 1e-6 * value.abs(),
+                    "{split} {tag} at step {}: {read} read, {value} in epochs.jsonl",
+                    event[0]
+                );
+            }
+        }
+    }
+    let iterations: u64 = journal
+        .iter()
+        .map(|r| r["iterations"].as_u64().unwrap())
+        .sum();
+    // Absent where the run had fewer than 10 iterations.
+    let steps: Vec<u64> = scalars["train"]["loss_per_iteration"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|e| e[0].as_u64().unwrap())
+        .collect();
+    let every_ten: Vec<u64> = (1..=iterations / 10).map(|n| 10 * n).collect();
+    assert_eq!(
+        steps, every_ten,
+        "the iteration loss, every 10 of {iterations}"
+    );
 }
 
 /// Equal per-epoch metrics (losses, accuracies, learning rate), to 1e-6 relative.
@@ -408,6 +515,9 @@ fn train_straight(dir: &Path, config: &Path, extra: &[&str]) -> (PathBuf, String
 fn resume_is_exact_and_skips_damaged_checkpoints() {
     let dir = scratch("exact-resume");
     let config = resumable_config(&dir);
+    // 6 iterations an epoch: the training loss logged every 10 iterations falls in epoch 2,
+    // which the resumed run trains again.
+    edit_config(&config, |config| config["batch_size"] = 8.into());
     let (straight, _) = train_straight(&dir, &config, &[]);
     let final_model = std::fs::read(straight.join("model.mpk")).unwrap();
 
@@ -422,6 +532,8 @@ fn resume_is_exact_and_skips_damaged_checkpoints() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("resuming epochs 2-3"), "{stdout}");
     assert_same_metrics(&straight, &resumed);
+    // The copied event files held epochs 2 and 3 already: the resumed run replaced them.
+    assert_events_match_journal(&resumed);
     assert!(
         std::fs::read(resumed.join("model.mpk")).unwrap() == final_model,
         "the resumed run's final model differs from the straight run's"
@@ -486,6 +598,8 @@ fn two_devices_resume_exactly() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("resuming epochs 2-3"), "{stdout}");
     assert_same_metrics(&straight, &resumed);
+    // The copied event files held epochs 2 and 3 already: the resumed run replaced them.
+    assert_events_match_journal(&resumed);
     assert!(
         std::fs::read(resumed.join("model.mpk")).unwrap()
             == std::fs::read(straight.join("model.mpk")).unwrap(),
@@ -999,6 +1113,23 @@ fn bench_reports_layers_and_networks_with_ratios() {
         .iter()
         .all(|n| n["train_images_per_second"].as_f64().unwrap() > 0.0));
     assert!(output.join("bench.md").exists());
+    // bench.jsonl: every row of the report, in the order measured, each with its kind.
+    let logged: Vec<serde_json::Value> = std::fs::read_to_string(output.join("bench.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(logged.len(), layers.len() + networks.len());
+    for (row, (kind, reported)) in logged.iter().zip(
+        std::iter::repeat("layer")
+            .zip(layers)
+            .chain(std::iter::repeat("network").zip(networks)),
+    ) {
+        let mut row = row.clone();
+        assert_eq!(row["kind"], kind, "{row}");
+        row.as_object_mut().unwrap().remove("kind");
+        assert_eq!(&row, reported);
+    }
 
     let (ok, _, stderr) = pedconv(&["bench", "--settings", "16by224"]);
     assert!(
@@ -1007,4 +1138,27 @@ fn bench_reports_layers_and_networks_with_ratios() {
     );
     let (ok, _, stderr) = pedconv(&["bench", "--networks", "r19"]);
     assert!(!ok && stderr.contains("unknown network `r19`"), "{stderr}");
+}
+
+/// `--version` names burn's version (from Cargo.lock) and the backends of this build.
+#[test]
+fn version_names_burn_and_the_backends() {
+    let (ok, stdout, stderr) = pedconv(&["--version"]);
+    assert!(ok, "{stderr}");
+    let lock =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock"))
+            .unwrap();
+    let burn = lock
+        .split("[[package]]")
+        .find(|entry| entry.contains("\nname = \"burn\"\n"))
+        .and_then(|entry| entry.split("version = \"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("burn in Cargo.lock");
+    assert!(
+        stdout.starts_with(&format!(
+            "pedconv {} (burn {burn}; backends: flex, ndarray, wgpu, vulkan)",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{stdout}"
+    );
 }

@@ -1,9 +1,11 @@
 //! `pedconv bench`: per-layer and whole-network cost of PEDConv against static convolutions,
-//! on one backend, reported as JSON and markdown with the PEDConv/static ratios.
+//! on one backend, reported as JSON and markdown with the PEDConv/static ratios. Each row is
+//! also appended to `bench.jsonl` as soon as it is measured, so that a run stopped part-way
+//! keeps what it measured.
 
 pub mod memory;
+mod report;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::backend::autodiff::checkpoint::strategy::{
@@ -25,6 +27,7 @@ use crate::config::{Precision, TrainConfig};
 use crate::data::{Batch, DataConfig, DataSource};
 use crate::train::{Classifier, GradientReduction};
 use memory::{measure, Measure};
+use report::RowLog;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -47,6 +50,8 @@ pub struct Bench {
     pub backend: String,
     /// The float type the whole networks compute in (the layers: float32).
     pub precision: Precision,
+    /// The directory of `bench.jsonl`, `bench.json` and `bench.md`.
+    pub output: PathBuf,
 }
 
 /// burn's autodiff checkpointing strategy for the whole-network training steps.
@@ -84,6 +89,8 @@ pub struct NetworkRow {
     pub model: String,
     pub batch: usize,
     pub image_size: usize,
+    /// The float type the network computes in.
+    pub precision: Precision,
     /// One training step: forward, loss, backward, weight decay and the SGD update.
     pub train_step: Measure,
     pub train_images_per_second: f64,
@@ -129,9 +136,13 @@ impl BackendJob for Bench {
         if !self.networks.is_empty() {
             self.precision.check::<B>(&self.backend, &device)?;
         }
+        let mut log = RowLog::create(&self.output)?;
         let mut layers = Vec::new();
         for &depth in &self.layer_networks {
-            layers.extend(bench_layers::<B>(&self, depth, &device));
+            for row in bench_layers::<B>(&self, depth, &device) {
+                log.append("layer", &row)?;
+                layers.push(row);
+            }
         }
         let mut networks = Vec::new();
         for &depth in &self.networks {
@@ -141,7 +152,9 @@ impl BackendJob for Bench {
                         Checkpointing::None => bench_network::<B, NoCheckpointing>,
                         Checkpointing::Balanced => bench_network::<B, BalancedCheckpointing>,
                     };
-                    networks.push(run(&self, depth, dynamic, batch, size, &device));
+                    let row = run(&self, depth, dynamic, batch, size, &device);
+                    log.append("network", &row)?;
+                    networks.push(row);
                 }
             }
         }
@@ -325,6 +338,7 @@ fn bench_network<B: JobBackend, C: CheckpointStrategy>(
         model: model_name.into(),
         batch,
         image_size: size,
+        precision: bench.precision,
         train_images_per_second: per_second(&train_step),
         inference_images_per_second: per_second(&inference),
         train_step,
@@ -349,114 +363,5 @@ fn synthetic_batch(batch: usize, size: usize, classes: usize) -> Batch {
         targets: TensorData::new(targets, [batch, classes]),
         labels,
         noise_seed: 1,
-    }
-}
-
-impl BenchReport {
-    /// Markdown tables: per layer (each operator against the static convolution of the same
-    /// shape), then per network (PEDConv against static at the same batch and resolution).
-    pub fn markdown(&self) -> String {
-        let on_device = self
-            .layers
-            .iter()
-            .map(|row| row.forward_backward)
-            .chain(self.networks.iter().map(|row| row.train_step))
-            .any(|measure| measure.device_peak_mib.is_some());
-        let mut out = format!(
-            "Backend {}, {} threads, median of {} repetitions after a warm-up; peak = {}.\n",
-            self.backend,
-            self.threads,
-            self.reps,
-            if on_device {
-                "device memory in use above the inputs and parameters, its peak during the \
-                 warm-up run sampled every millisecond"
-            } else {
-                "heap above the inputs and parameters"
-            }
-        );
-        if !self.layers.is_empty() {
-            out += &format!(
-                "\n### Layers (batch {}, width {})\n\n| network | layer | × | operator | forward ms | ×static | fwd+bwd ms | ×static | peak fwd+bwd MiB | ×static |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-                self.layer_batch, self.width
-            );
-            for row in &self.layers {
-                let base = self
-                    .layers
-                    .iter()
-                    .find(|r| {
-                        r.network == row.network && r.layer == row.layer && r.operator == "static"
-                    })
-                    .expect("a static row per layer");
-                let auto = if row.operator == row.auto_path {
-                    " (Auto)"
-                } else {
-                    ""
-                };
-                out += &format!(
-                    "| {} | {} | {} | {}{auto} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |\n",
-                    row.network,
-                    row.layer,
-                    row.count,
-                    row.operator,
-                    row.forward.millis,
-                    row.forward.millis / base.forward.millis,
-                    row.forward_backward.millis,
-                    row.forward_backward.millis / base.forward_backward.millis,
-                    row.forward_backward.peak(),
-                    row.forward_backward.peak() / base.forward_backward.peak(),
-                );
-            }
-        }
-        if !self.networks.is_empty() {
-            out += &format!(
-                "\n### Networks (width {}, computing in {}, autodiff checkpointing {:?}; inference with the batch norms folded)\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-                self.width,
-                self.precision.name(),
-                self.checkpointing
-            );
-            let mut groups: BTreeMap<(String, usize, usize), Vec<&NetworkRow>> = BTreeMap::new();
-            for row in &self.networks {
-                groups
-                    .entry((row.network.clone(), row.batch, row.image_size))
-                    .or_default()
-                    .push(row);
-            }
-            for rows in groups.values() {
-                let base = rows
-                    .iter()
-                    .find(|r| r.model == "static")
-                    .expect("a static row");
-                for row in rows {
-                    out += &format!(
-                        "| {} | {} | {}² | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
-                        row.network,
-                        row.batch,
-                        row.image_size,
-                        row.model,
-                        row.train_images_per_second,
-                        row.train_images_per_second / base.train_images_per_second,
-                        row.train_step.peak(),
-                        row.train_step.peak() / base.train_step.peak(),
-                        row.inference_images_per_second,
-                        row.inference_images_per_second / base.inference_images_per_second,
-                        row.inference.peak(),
-                    );
-                }
-            }
-        }
-        out
-    }
-
-    /// Writes `bench.json` and `bench.md` into `dir`.
-    pub fn write(&self, dir: &PathBuf) -> Result<(), String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let json = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        for (name, text) in [("bench.json", json), ("bench.md", self.markdown())] {
-            let path = dir.join(name);
-            std::fs::write(&path, text)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        }
-        Ok(())
     }
 }

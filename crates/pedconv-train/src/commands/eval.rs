@@ -1,26 +1,84 @@
 //! `pedconv eval`: top-1, top-5 and loss of a ResNet on the validation split of an image folder.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use burn::config::Config;
-use burn::module::Module;
-use burn::record::DefaultRecorder;
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
-use pedconv::import::PytorchCheckpoint;
-use pedconv::precision::cast_to;
-use pedconv::resnet::{ImportMode, ResNet, ResNetConfig};
-use rayon::prelude::*;
-
-use crate::backend::{BackendJob, JobBackend};
-use crate::config::{Precision, TrainConfig};
+use crate::backend::{dispatch, BackendJob, JobBackend};
+use crate::config::Precision;
 use crate::data::folder::ImageFolder;
-use crate::data::transform::eval_image;
-use crate::train::{Classifier, GradientReduction};
+use crate::model::{decode_batch, logits_of, ModelSource};
+
+use super::shared::{DeviceArgs, InputArgs, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The data: a folder with a `val/` split, or the split folder itself (one sub-folder per class).
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    on: DeviceArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Stop when more than this fraction of the images cannot be read (they are skipped and
+    /// counted otherwise).
+    #[arg(long, default_value_t = 0.01)]
+    max_bad_fraction: f64,
+    /// Print the result as one JSON object `{"top1", "top5", "loss", "images"}` (percentages).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<(), String> {
+    let input = args.input.validate()?;
+    let split = args.data.join("val");
+    let split = if split.is_dir() {
+        split
+    } else {
+        args.data.clone()
+    };
+    let folder = ImageFolder::open(&split)?;
+    let report = dispatch(
+        args.on.backend,
+        args.on.device,
+        Evaluation {
+            model: args.model.into(),
+            folder,
+            input,
+            max_bad_fraction: args.max_bad_fraction,
+            progress: !args.json,
+            precision: args.on.precision,
+            backend: args.on.backend.name().to_string(),
+        },
+    )?;
+    if args.json {
+        let json = serde_json::json!({
+            "top1": report.top1,
+            "top5": report.top5,
+            "loss": report.loss,
+            "images": report.images,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  on {} images{}",
+            report.top1,
+            report.top5,
+            report.loss,
+            report.images,
+            if report.skipped > 0 {
+                format!(" ({} unreadable, skipped)", report.skipped)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
 
 /// What `eval` measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EvalReport {
+struct EvalReport {
     /// Top-1 accuracy, in percent.
     pub top1: f64,
     /// Top-5 accuracy, in percent.
@@ -59,154 +117,16 @@ impl Score {
 }
 
 /// An evaluation to run on a backend.
-pub struct Evaluation {
+struct Evaluation {
     pub model: ModelSource,
     pub folder: ImageFolder,
-    pub batch_size: usize,
-    pub resize: u32,
-    pub crop: u32,
+    pub input: InputArgs,
     /// Stop when more than this fraction of the images cannot be read.
     pub max_bad_fraction: f64,
     pub progress: bool,
     /// The float type the network computes in, on the backend of this name.
     pub precision: Precision,
     pub backend: String,
-}
-
-/// Whether `path` names a PyTorch checkpoint (by its extension).
-pub fn is_pytorch(path: &Path) -> bool {
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    name.ends_with(".pth")
-        || name.ends_with(".pt")
-        || name.ends_with(".tar")
-        || name.ends_with(".bin")
-}
-
-/// A `ResNetConfig`, or the `model` of a training run's `config.json`.
-fn read_model_config(path: &Path) -> Result<ResNetConfig, String> {
-    ResNetConfig::load(path)
-        .or_else(|model_error| {
-            TrainConfig::load(path)
-                .map(|run| run.model)
-                .map_err(|_| model_error)
-        })
-        .map_err(|e| format!("cannot read the model config {}: {e}", path.display()))
-}
-
-/// The model described by `--weights` (and `--config`).
-fn load_model<B: Backend>(
-    weights: &Path,
-    config: Option<&Path>,
-    device: &B::Device,
-) -> Result<(ResNetConfig, ResNet<B>), String> {
-    let config = match config {
-        Some(path) => Some(read_model_config(path)?),
-        None => None,
-    };
-    if is_pytorch(weights) {
-        let checkpoint = PytorchCheckpoint::read(weights).map_err(|e| e.to_string())?;
-        let config = match config {
-            Some(config) => config,
-            None => ResNetConfig::from_state_dict(&checkpoint).map_err(|e| e.to_string())?,
-        };
-        let model = config
-            .init(device)
-            .load_pytorch(&checkpoint, ImportMode::Exact)
-            .map_err(|e| e.to_string())?;
-        Ok((config, model))
-    } else {
-        let config = config.ok_or_else(|| {
-            format!(
-                "{} is not a PyTorch checkpoint (.pth, .pt, .tar): a burn record needs --config \
-                 with the model's ResNetConfig JSON or the run's config.json",
-                weights.display()
-            )
-        })?;
-        let model = config.init(device);
-        let model = match model.clone().load_record(weights, device) {
-            Ok(model) => model,
-            // A training checkpoint (`checkpoint/model-N.mpk`) holds the network inside the
-            // record of its training objective.
-            Err(error) => Classifier::new(model, &TrainConfig::builtin(), GradientReduction::Sum)
-                .load_file(weights.to_path_buf(), &DefaultRecorder::new(), device)
-                .map(|classifier| classifier.net)
-                .map_err(|_| error.to_string())?,
-        };
-        Ok((config, model))
-    }
-}
-
-/// The model of `eval`, `predict` and `export`: `--weights`, `--config`, `--no-fold`.
-pub struct ModelSource {
-    /// A PyTorch checkpoint, or a burn record (a run's model or checkpoint) with `config`.
-    pub weights: PathBuf,
-    /// The model's `ResNetConfig` JSON or a training run's `config.json`.
-    pub config: Option<PathBuf>,
-    /// Fold the batch norms into the convolutions (the same logits, faster).
-    pub fold: bool,
-}
-
-impl ModelSource {
-    /// The model's configuration and the model, its batch norms folded if asked.
-    pub fn load<B: Backend>(
-        &self,
-        device: &B::Device,
-    ) -> Result<(ResNetConfig, ResNet<B>), String> {
-        let (config, model) = load_model(&self.weights, self.config.as_deref(), device)?;
-        let model = if self.fold {
-            model.fold_batch_norms()
-        } else {
-            model
-        };
-        Ok((config, model))
-    }
-}
-
-/// The evaluation inputs of `paths`, decoded in parallel (torchvision's `Resize(resize)` +
-/// `CenterCrop(crop)`, normalised) and stacked on `device` (`None` if none could be read), with
-/// the positions of those that could; each unreadable image is reported on stderr.
-pub fn decode_batch<'a, B: Backend>(
-    paths: impl Iterator<Item = &'a Path>,
-    resize: u32,
-    crop: u32,
-    device: &B::Device,
-) -> (Option<Tensor<B, 4>>, Vec<usize>) {
-    let paths: Vec<&Path> = paths.collect();
-    let decoded: Vec<Result<Vec<f32>, String>> = paths
-        .par_iter()
-        .map(|path| eval_image(path, resize, crop))
-        .collect();
-    let mut pixels = Vec::with_capacity(paths.len() * 3 * (crop * crop) as usize);
-    let mut read = Vec::with_capacity(paths.len());
-    for (position, item) in decoded.into_iter().enumerate() {
-        match item {
-            Ok(values) => {
-                pixels.extend(values);
-                read.push(position);
-            }
-            Err(message) => eprintln!("warning: skipped an unreadable image: {message}"),
-        }
-    }
-    if read.is_empty() {
-        return (None, read);
-    }
-    let shape = [read.len(), 3, crop as usize, crop as usize];
-    let input = Tensor::from_data(TensorData::new(pixels, shape), device);
-    (Some(input), read)
-}
-
-/// The model's logits for `input`, computed in `precision`, row-major `[batch, classes]` in f32.
-pub fn logits_of<B: Backend>(
-    model: &ResNet<B>,
-    input: Tensor<B, 4>,
-    precision: Precision,
-) -> Result<Vec<f32>, String> {
-    model
-        .forward(cast_to(input, precision.dtype()))
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))
 }
 
 impl BackendJob for Evaluation {
@@ -225,11 +145,16 @@ impl BackendJob for Evaluation {
         let total = self.folder.items.len();
         let (mut top1, mut top5, mut loss, mut images, mut skipped) =
             (0usize, 0usize, 0.0f64, 0usize, 0usize);
-        for (index, chunk) in self.folder.items.chunks(self.batch_size).enumerate() {
+        for (index, chunk) in self
+            .folder
+            .items
+            .chunks(self.input.batch_size as usize)
+            .enumerate()
+        {
             let (input, read) = decode_batch::<B>(
                 chunk.iter().map(|(path, _)| path.as_path()),
-                self.resize,
-                self.crop,
+                self.input.resize,
+                self.input.crop,
                 &device,
             );
             skipped += chunk.len() - read.len();

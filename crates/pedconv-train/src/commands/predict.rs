@@ -3,27 +3,69 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::{BackendJob, JobBackend};
+use crate::backend::{dispatch, BackendJob, JobBackend};
 use crate::config::Precision;
 use crate::data::folder::is_image;
-use crate::eval::{decode_batch, is_pytorch, logits_of, ModelSource};
+use crate::model::{decode_batch, is_pytorch, logits_of, ModelSource};
+use crate::run_dir;
 
-/// The file in a run directory that names the classes of its model, in output order.
-pub const CLASS_NAMES_FILE: &str = "classes.json";
+use super::shared::{DeviceArgs, InputArgs, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// The image files, or folders searched recursively for `.jpg`, `.jpeg` and `.png` files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// How many classes to show per image, the most probable first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    top: u64,
+    /// One JSON object per line, `{"path", "top": [{"class", "name", "probability"}]}`.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    on: DeviceArgs,
+    #[command(flatten)]
+    input: InputArgs,
+}
+
+pub fn run(args: PredictArgs) -> Result<(), String> {
+    let input = args.input.validate()?;
+    let images = image_files(&args.paths)?;
+    let total = images.len();
+    let unreadable = dispatch(
+        args.on.backend,
+        args.on.device,
+        Predict {
+            model: args.model.into(),
+            images,
+            top: args.top as usize,
+            input,
+            json: args.json,
+            precision: args.on.precision,
+            backend: args.on.backend.name().to_string(),
+        },
+    )?;
+    match unreadable {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} of {total} images could not be read (named above) and were skipped"
+        )),
+    }
+}
 
 /// ImageNet's class names in the order of its 1000 outputs (torchvision's list).
-const IMAGENET_CLASSES: &str = include_str!("../assets/imagenet_classes.json");
+const IMAGENET_CLASSES: &str = include_str!("../../assets/imagenet_classes.json");
 
 /// A prediction job to run on a backend; it prints each batch's predictions as they come.
-pub struct Predict {
+struct Predict {
     pub model: ModelSource,
     /// The image files, in the order they are printed.
     pub images: Vec<PathBuf>,
     /// How many classes to show per image.
     pub top: usize,
-    pub batch_size: usize,
-    pub resize: u32,
-    pub crop: u32,
+    pub input: InputArgs,
     /// One JSON object per line instead of a table.
     pub json: bool,
     /// The float type the network computes in, on the backend of this name.
@@ -33,7 +75,7 @@ pub struct Predict {
 
 /// The image files of `paths`: files as given, folders searched recursively for the extensions
 /// `eval` reads (`.jpg`, `.jpeg`, `.png` in any case), in name order.
-pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), String> {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| format!("cannot read the folder {}: {e}", dir.display()))?
@@ -83,7 +125,7 @@ fn class_names(predict: &Predict, classes: usize) -> Option<Vec<String>> {
         })
         .flatten();
     for dir in run_dirs {
-        let path = dir.join(CLASS_NAMES_FILE);
+        let path = dir.join(run_dir::CLASSES);
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
@@ -146,9 +188,10 @@ impl BackendJob for Predict {
         let classes = config.num_classes;
         let names = class_names(&self, classes);
         let mut unreadable = 0;
-        for chunk in self.images.chunks(self.batch_size) {
+        for chunk in self.images.chunks(self.input.batch_size as usize) {
             let paths = chunk.iter().map(PathBuf::as_path);
-            let (input, read) = decode_batch::<B>(paths, self.resize, self.crop, &device);
+            let (input, read) =
+                decode_batch::<B>(paths, self.input.resize, self.input.crop, &device);
             unreadable += chunk.len() - read.len();
             let Some(input) = input else {
                 continue;

@@ -1,7 +1,8 @@
 //! `pedconv train`: burn-train's supervised training of a (PEDConv) ResNet.
 
 mod checkpoints;
-mod durable;
+mod curves;
+mod events;
 mod loss_scale;
 mod objective;
 mod progress;
@@ -28,13 +29,13 @@ use crate::config::TrainConfig;
 use crate::data::batcher::{BadImages, ImageBatcher};
 use crate::data::loader::EpochLoader;
 use crate::data::Split;
-use crate::predict::CLASS_NAMES_FILE;
+use crate::run_dir::{self, write_file, write_json, DurableRecorder};
 use crate::schedule::Schedule;
 use checkpoints::{checkpoint_file, saved_epochs, KeepLastAndBest};
-use durable::write_file;
-use durable::DurableRecorder;
 pub use objective::{Classifier, GradientReduction};
-use progress::{read_journal, rewrite_journal, EpochLog, EpochRecord, LineRenderer, RunLog};
+use progress::{
+    read_journal, rewrite_journal, EpochLog, EpochRecord, LineRenderer, RunFiles, RunLog,
+};
 
 /// A training run to launch on a backend.
 pub struct Training {
@@ -49,7 +50,7 @@ pub struct Training {
 
 /// The run directory's checkpoint folder (burn-train's layout).
 pub fn checkpoint_dir(output: &Path) -> PathBuf {
-    output.join("checkpoint")
+    output.join(run_dir::CHECKPOINTS)
 }
 
 /// The model checkpoint of `epoch` in a run directory.
@@ -185,12 +186,11 @@ fn train<B: AutodiffBackend>(
     std::fs::create_dir_all(&job.output)
         .map_err(|e| format!("cannot create {}: {e}", job.output.display()))?;
     write_file(
-        &job.output.join("config.json"),
+        &job.output.join(run_dir::CONFIG),
         config.to_string().as_bytes(),
     )?;
     if let Some(names) = &data.class_names {
-        let names = serde_json::to_string_pretty(names).unwrap_or_default();
-        write_file(&job.output.join(CLASS_NAMES_FILE), names.as_bytes())?;
+        write_json(&job.output.join(run_dir::CLASSES), names)?;
     }
     let interrupter = Interrupter::new();
     let fraction = config.data.max_bad_fraction;
@@ -230,7 +230,7 @@ fn train<B: AutodiffBackend>(
         &config.decay,
     );
 
-    let journal = job.output.join("epochs.jsonl");
+    let journal = job.output.join(run_dir::JOURNAL);
     let records = if resume_from > 0 {
         read_journal(&journal, resume_from)?
     } else {
@@ -251,11 +251,13 @@ fn train<B: AutodiffBackend>(
         records,
         config.epochs,
         top_k,
-        !terminal,
-        journal,
+        RunFiles {
+            output: &job.output,
+            print_lines: !terminal,
+        },
         interrupter.clone(),
         model.loss_scale().cloned(),
-    )));
+    )?));
     let strategy = KeepLastAndBest::new(
         config.keep_checkpoints,
         saved_epochs(&checkpoint_dir(&job.output)),
@@ -303,7 +305,7 @@ fn train<B: AutodiffBackend>(
         result
             .model
             .net
-            .save_record(job.output.join("model"))
+            .save_record(job.output.join(run_dir::FINAL_MODEL))
             .map_err(|e| format!("cannot save the final model: {e}"))?;
     }
     let unreadable = [bad_train.count(), bad_valid.count()];
@@ -345,6 +347,28 @@ pub fn best_of(records: &[EpochRecord]) -> Option<(usize, f64)> {
         })
 }
 
+/// `report.json`.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    backend: &'a str,
+    finished: bool,
+    epochs: &'a [EpochRecord],
+    best_top1: Option<f64>,
+    best_epoch: Option<usize>,
+    best_checkpoint: Option<String>,
+    wall_seconds: f64,
+    unreadable_images: Unreadable,
+    images_per_second: f64,
+    config: &'a TrainConfig,
+}
+
+/// Images skipped as unreadable, per split.
+#[derive(serde::Serialize)]
+struct Unreadable {
+    train: usize,
+    valid: usize,
+}
+
 fn write_report(
     job: &Training,
     records: &[EpochRecord],
@@ -361,25 +385,23 @@ fn write_report(
     });
     let best_checkpoint =
         best.map(|(epoch, _)| model_checkpoint(&job.output, epoch).display().to_string());
-    let report = serde_json::json!({
-        "backend": job.backend_name,
-        "finished": finished,
-        "epochs": records,
-        "best_top1": best.map(|(_, top1)| top1),
-        "best_epoch": best.map(|(epoch, _)| epoch),
-        "best_checkpoint": best_checkpoint,
-        "wall_seconds": wall,
-        "unreadable_images": {"train": unreadable[0], "valid": unreadable[1]},
-        "images_per_second": images / seconds,
-        "config": serde_json::to_value(&job.config).unwrap_or_default(),
-    });
-    let path = job.output.join("report.json");
-    write_file(
-        &path,
-        serde_json::to_string_pretty(&report)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    let report = Report {
+        backend: &job.backend_name,
+        finished,
+        epochs: records,
+        best_top1: best.map(|(_, top1)| top1),
+        best_epoch: best.map(|(epoch, _)| epoch),
+        best_checkpoint,
+        wall_seconds: wall,
+        unreadable_images: Unreadable {
+            train: unreadable[0],
+            valid: unreadable[1],
+        },
+        images_per_second: images / seconds,
+        config: &job.config,
+    };
+    let path = job.output.join(run_dir::REPORT);
+    write_json(&path, &report)?;
     if let Some((epoch, top1)) = best {
         println!(
             "best validation top-1 {top1:.1}% (epoch {epoch}); report {}",
@@ -390,128 +412,4 @@ fn write_report(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::LrDecay;
-    use crate::data::{DataConfig, DataSource};
-    use burn::backend::Flex;
-    use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
-    use burn::tensor::backend::Backend;
-    use burn::tensor::Tensor;
-    use pedconv::resnet::{PedConvSettings, ResNet, ResNetConfig, ResNetDepth};
-
-    /// Makes every parameter trainable (folding makes new ones, for inference).
-    struct Trainable;
-
-    impl<B: Backend> ModuleMapper<B> for Trainable {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            param.map(|tensor| tensor.set_require_grad(true))
-        }
-    }
-
-    /// Every parameter of a network, in visiting order.
-    struct Parameters(Vec<Vec<f32>>);
-
-    impl<B: Backend> ModuleVisitor<B> for Parameters {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let values = param.val().into_data().convert::<f32>();
-            self.0.push(values.to_vec().expect("f32 values"));
-        }
-    }
-
-    /// A PEDConv ResNet-18 without noise and with its batch norms folded away (a network whose
-    /// gradients over a batch are the mean of its images' gradients), trained for one epoch of
-    /// 3 optimizer steps on `devices` devices of `batch` images; its parameters before and after.
-    fn train_folded(devices: usize, batch: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-        let network = ResNetConfig::new(ResNetDepth::R18)
-            .with_width(0.0625)
-            .with_num_classes(3)
-            .with_pedconv(Some(PedConvSettings::new().with_noise_std(0.0)));
-        let data = DataConfig::new(DataSource::Synthetic {
-            train_images: 24,
-            valid_images: 4,
-            classes: 3,
-        })
-        .with_train_crop(8)
-        .with_val_resize(8)
-        .with_val_crop(8)
-        .with_workers(1);
-        let config = TrainConfig::new(network.clone(), data)
-            .with_epochs(1)
-            .with_warmup_epochs(0)
-            .with_mixup(0.0)
-            // 0.4 at 8 images per step, constant: 3 steps move the weights.
-            .with_lr(25.6)
-            .with_decay(LrDecay::Step {
-                milestones: Vec::new(),
-                gamma: 1.0,
-            })
-            .with_batch_size(batch)
-            .with_devices(devices);
-        let output = std::env::temp_dir().join(format!(
-            "pedconv-unit-{}-folded-{devices}x{batch}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&output);
-        type B = Autodiff<Flex>;
-        let device = Default::default();
-        B::seed(&device, 5);
-        // Folded on the inner backend, where the folded parameters are leaves.
-        let net = ResNet::<B>::from_inner(network.init::<Flex>(&device).fold_batch_norms())
-            .map(&mut Trainable);
-        let mut initial = Parameters(Vec::new());
-        net.visit(&mut initial);
-        let model = Classifier::new(net, &config, GradientReduction::Sum);
-        let job = Training {
-            config,
-            output: output.clone(),
-            backend_name: "flex".into(),
-            resume_from: 0,
-        };
-        let execution =
-            ExecutionStrategy::multi(vec![device; devices], MultiDeviceOptim::OptimMainDevice);
-        train(job, execution, model).unwrap();
-        let trained: ResNet<Flex> = network
-            .init(&device)
-            .fold_batch_norms()
-            .load_record(output.join("model"), &device)
-            .unwrap();
-        let mut parameters = Parameters(Vec::new());
-        trained.visit(&mut parameters);
-        std::fs::remove_dir_all(&output).unwrap();
-        (initial.0, parameters.0)
-    }
-
-    /// Two devices of 4 images take the same steps as one device of 8: burn-train sums the
-    /// devices' gradients, the objective scales each to make the sum the batch's mean, and the
-    /// devices' shards of a step together are the one device's batch. Tolerance: f32 sums of
-    /// the gradients in another order, through 3 steps.
-    #[test]
-    fn two_devices_take_the_steps_of_one_with_twice_the_batch() {
-        let (two, one) = (train_folded(2, 4), train_folded(1, 8));
-        assert_eq!(two.1.len(), one.1.len());
-        let largest = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let difference =
-            |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        for (i, ((a, b), start)) in two.1.iter().zip(&one.1).zip(&one.0).enumerate() {
-            let scale = largest(b).max(1e-12);
-            let error = difference(a, b);
-            assert!(
-                error <= 1e-5 * scale,
-                "parameter {i}: {error} (scale {scale})"
-            );
-            assert_eq!(start, &two.0[i], "the same initialisation");
-        }
-        // The steps are small (a deep network without batch norms): a quarter of the
-        // parameters (among them the convolutions' and the classifier's) move by more than ten
-        // times the tolerance, the attention's hardly at all.
-        let moved =
-            |(start, end): (&Vec<f32>, &Vec<f32>)| difference(start, end) > 1e-4 * largest(end);
-        let moved = one.0.iter().zip(&one.1).filter(|&p| moved(p)).count();
-        assert!(
-            moved > one.0.len() / 4,
-            "training moved {moved} of {} parameters",
-            one.0.len()
-        );
-    }
-}
+mod tests;

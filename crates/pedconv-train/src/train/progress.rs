@@ -17,8 +17,10 @@ use burn::train::renderer::{
 use burn::train::Interrupter;
 use serde::{Deserialize, Serialize};
 
-use super::durable::write_file;
+use super::curves::curves_svg;
+use super::events::RunEvents;
 use super::loss_scale::{locked, LossScale, SharedLossScale};
+use crate::run_dir::{self, write_file};
 
 /// burn-train's metric names.
 pub const LOSS: &str = "Loss";
@@ -41,6 +43,9 @@ pub struct EpochRecord {
     pub train_seconds: f64,
     /// Training images per second.
     pub images_per_second: f64,
+    /// Training iterations (forward and backward passes) of the epoch.
+    #[serde(default)]
+    pub iterations: usize,
     /// float16's loss scale at the end of the epoch (float16 runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<LossScale>,
@@ -84,6 +89,15 @@ fn means(sums: &Sums) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// What an epoch's training part measured, kept until its validation ends.
+#[derive(Default)]
+struct TrainPart {
+    means: BTreeMap<String, f64>,
+    seconds: f64,
+    images_per_second: f64,
+    iterations: usize,
+}
+
 /// The state shared by the logger, the checkpointing strategy and the run.
 pub struct RunLog {
     /// Finished epochs, earlier runs' included when resuming.
@@ -95,29 +109,44 @@ pub struct RunLog {
     names: HashMap<MetricId, String>,
     train: Sums,
     valid: Sums,
-    train_record: Option<(BTreeMap<String, f64>, f64, f64)>,
+    /// The training half of the epoch whose validation runs.
+    train_record: Option<TrainPart>,
     epoch_started: Instant,
     epochs: usize,
     top_k: usize,
     print_lines: bool,
     /// `epochs.jsonl`: one JSON record per finished epoch, rewritten as each finishes.
     journal: PathBuf,
+    /// The run's TensorBoard event files, appended to as iterations and epochs finish.
+    events: RunEvents,
+    /// `curves.svg`: loss and top-1 per epoch, rewritten as each epoch finishes.
+    curves: PathBuf,
+    /// Training iterations of the current epoch so far.
+    iterations: usize,
     interrupter: Interrupter,
     /// float16's loss scale, recorded with every epoch.
     loss_scale: Option<SharedLossScale>,
 }
 
+/// Where a run's records go: its directory, and whether to print a line per epoch.
+pub struct RunFiles<'a> {
+    pub output: &'a Path,
+    pub print_lines: bool,
+}
+
 impl RunLog {
+    /// The log of a run in `files.output` continuing after `records` (none for a new run);
+    /// opens the run's TensorBoard event files.
     pub fn new(
         records: Vec<EpochRecord>,
         epochs: usize,
         top_k: usize,
-        print_lines: bool,
-        journal: PathBuf,
+        files: RunFiles,
         interrupter: Interrupter,
         loss_scale: Option<SharedLossScale>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, String> {
+        let events = RunEvents::open(files.output, &records, top_k)?;
+        Ok(Self {
             records,
             stopped: None,
             nan_seen: false,
@@ -128,11 +157,14 @@ impl RunLog {
             epoch_started: Instant::now(),
             epochs,
             top_k,
-            print_lines,
-            journal,
+            print_lines: files.print_lines,
+            journal: files.output.join(run_dir::JOURNAL),
+            events,
+            curves: files.output.join(run_dir::CURVES),
+            iterations: 0,
             interrupter,
             loss_scale,
-        }
+        })
     }
 
     /// Stops the run, keeping the first reason.
@@ -157,6 +189,12 @@ impl RunLog {
                 .get(&numeric.entry.metric_id)
                 .cloned()
                 .unwrap_or_default();
+            if *split == Split::Train && name == LOSS {
+                self.iterations += 1;
+                if let Err(e) = self.events.iteration(value) {
+                    self.stop(e);
+                }
+            }
             if *split == Split::Train && name == LOSS && !value.is_finite() && !self.nan_seen {
                 self.nan_seen = true;
                 let epoch = self.records.last().map_or(0, |r| r.epoch) + 1;
@@ -181,26 +219,38 @@ impl RunLog {
             Split::Train => {
                 let seconds = self.epoch_started.elapsed().as_secs_f64();
                 let images = self.train.get(TOP1).map_or(0, |s| s.1);
-                self.train_record = Some((means(&self.train), seconds, images as f64 / seconds));
+                let iterations = std::mem::take(&mut self.iterations);
+                self.train_record = Some(TrainPart {
+                    means: means(&self.train),
+                    seconds,
+                    images_per_second: images as f64 / seconds,
+                    iterations,
+                });
                 self.train.clear();
             }
             Split::Valid => {
-                let (train, train_seconds, images_per_second) =
-                    self.train_record.take().unwrap_or_default();
+                let train = self.train_record.take().unwrap_or_default();
                 let record = EpochRecord {
                     epoch: summary.epoch_number,
-                    train,
+                    train: train.means,
                     valid: means(&self.valid),
-                    train_seconds,
-                    images_per_second,
+                    train_seconds: train.seconds,
+                    images_per_second: train.images_per_second,
+                    iterations: train.iterations,
                     loss_scale: self.loss_scale.as_ref().map(|shared| *locked(shared)),
                 };
                 self.valid.clear();
                 if self.print_lines {
                     println!("{}", record.line(self.epochs, self.top_k));
                 }
+                // The event files first: a checkpoint of the epoch, written after this, then
+                // implies that they hold it.
+                let written = self.events.epoch(&record);
                 self.records.push(record);
-                if let Err(e) = rewrite_journal(&self.journal, &self.records) {
+                let written = written
+                    .and_then(|()| rewrite_journal(&self.journal, &self.records))
+                    .and_then(|()| write_file(&self.curves, curves_svg(&self.records).as_bytes()));
+                if let Err(e) = written {
                     self.stop(e);
                 }
                 self.epoch_started = Instant::now();

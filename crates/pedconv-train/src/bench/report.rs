@@ -1,0 +1,149 @@
+//! The bench's report: each row appended to `bench.jsonl` as it is measured, and the whole as
+//! `bench.json` and markdown tables with the PEDConv/static ratios.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{BenchReport, NetworkRow};
+
+/// `bench.jsonl`: one JSON object a line, each row of the report with its `kind` (`layer` or
+/// `network`), written and flushed as soon as it is measured.
+pub struct RowLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl RowLog {
+    /// Creates `dir` where needed and `dir/bench.jsonl`, empty.
+    pub fn create(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = dir.join("bench.jsonl");
+        let file =
+            File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(Self { path, file })
+    }
+
+    pub fn append(&mut self, kind: &str, row: &impl Serialize) -> Result<(), String> {
+        let mut value = serde_json::to_value(row).map_err(|e| e.to_string())?;
+        if let serde_json::Value::Object(fields) = &mut value {
+            fields.insert("kind".into(), kind.into());
+        }
+        writeln!(self.file, "{value}")
+            .and_then(|()| self.file.flush())
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+    }
+}
+
+impl BenchReport {
+    /// Markdown tables: per layer (each operator against the static convolution of the same
+    /// shape), then per network (PEDConv against static at the same batch and resolution).
+    pub fn markdown(&self) -> String {
+        let on_device = self
+            .layers
+            .iter()
+            .map(|row| row.forward_backward)
+            .chain(self.networks.iter().map(|row| row.train_step))
+            .any(|measure| measure.device_peak_mib.is_some());
+        let mut out = format!(
+            "Backend {}, {} threads, median of {} repetitions after a warm-up; peak = {}.\n",
+            self.backend,
+            self.threads,
+            self.reps,
+            if on_device {
+                "device memory in use above the inputs and parameters, its peak during the \
+                 warm-up run sampled every millisecond"
+            } else {
+                "heap above the inputs and parameters"
+            }
+        );
+        if !self.layers.is_empty() {
+            out += &format!(
+                "\n### Layers (batch {}, width {})\n\n| network | layer | × | operator | forward ms | ×static | fwd+bwd ms | ×static | peak fwd+bwd MiB | ×static |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                self.layer_batch, self.width
+            );
+            for row in &self.layers {
+                let base = self
+                    .layers
+                    .iter()
+                    .find(|r| {
+                        r.network == row.network && r.layer == row.layer && r.operator == "static"
+                    })
+                    .expect("a static row per layer");
+                let auto = if row.operator == row.auto_path {
+                    " (Auto)"
+                } else {
+                    ""
+                };
+                out += &format!(
+                    "| {} | {} | {} | {}{auto} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |\n",
+                    row.network,
+                    row.layer,
+                    row.count,
+                    row.operator,
+                    row.forward.millis,
+                    row.forward.millis / base.forward.millis,
+                    row.forward_backward.millis,
+                    row.forward_backward.millis / base.forward_backward.millis,
+                    row.forward_backward.peak(),
+                    row.forward_backward.peak() / base.forward_backward.peak(),
+                );
+            }
+        }
+        if !self.networks.is_empty() {
+            out += &format!(
+                "\n### Networks (width {}, computing in {}, autodiff checkpointing {:?}; inference with the batch norms folded)\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                self.width,
+                self.precision.name(),
+                self.checkpointing
+            );
+            let mut groups: BTreeMap<(String, usize, usize), Vec<&NetworkRow>> = BTreeMap::new();
+            for row in &self.networks {
+                groups
+                    .entry((row.network.clone(), row.batch, row.image_size))
+                    .or_default()
+                    .push(row);
+            }
+            for rows in groups.values() {
+                let base = rows
+                    .iter()
+                    .find(|r| r.model == "static")
+                    .expect("a static row");
+                for row in rows {
+                    out += &format!(
+                        "| {} | {} | {}² | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
+                        row.network,
+                        row.batch,
+                        row.image_size,
+                        row.model,
+                        row.train_images_per_second,
+                        row.train_images_per_second / base.train_images_per_second,
+                        row.train_step.peak(),
+                        row.train_step.peak() / base.train_step.peak(),
+                        row.inference_images_per_second,
+                        row.inference_images_per_second / base.inference_images_per_second,
+                        row.inference.peak(),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `bench.json` and `bench.md` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        for (name, text) in [("bench.json", json), ("bench.md", self.markdown())] {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! Unit tests of the training run: data-parallel steps against one device's.
+
+use super::*;
+use crate::config::LrDecay;
+use crate::data::{DataConfig, DataSource};
+use burn::backend::Flex;
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use pedconv::resnet::{PedConvSettings, ResNet, ResNetConfig, ResNetDepth};
+
+/// Makes every parameter trainable (folding makes new ones, for inference).
+struct Trainable;
+
+impl<B: Backend> ModuleMapper<B> for Trainable {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.map(|tensor| tensor.set_require_grad(true))
+    }
+}
+
+/// Every parameter of a network, in visiting order.
+struct Parameters(Vec<Vec<f32>>);
+
+impl<B: Backend> ModuleVisitor<B> for Parameters {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let values = param.val().into_data().convert::<f32>();
+        self.0.push(values.to_vec().expect("f32 values"));
+    }
+}
+
+/// A PEDConv ResNet-18 without noise and with its batch norms folded away (a network whose
+/// gradients over a batch are the mean of its images' gradients), trained for one epoch of
+/// 3 optimizer steps on `devices` devices of `batch` images; its parameters before and after.
+fn train_folded(devices: usize, batch: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let network = ResNetConfig::new(ResNetDepth::R18)
+        .with_width(0.0625)
+        .with_num_classes(3)
+        .with_pedconv(Some(PedConvSettings::new().with_noise_std(0.0)));
+    let data = DataConfig::new(DataSource::Synthetic {
+        train_images: 24,
+        valid_images: 4,
+        classes: 3,
+    })
+    .with_train_crop(8)
+    .with_val_resize(8)
+    .with_val_crop(8)
+    .with_workers(1);
+    let config = TrainConfig::new(network.clone(), data)
+        .with_epochs(1)
+        .with_warmup_epochs(0)
+        .with_mixup(0.0)
+        // 0.4 at 8 images per step, constant: 3 steps move the weights.
+        .with_lr(25.6)
+        .with_decay(LrDecay::Step {
+            milestones: Vec::new(),
+            gamma: 1.0,
+        })
+        .with_batch_size(batch)
+        .with_devices(devices);
+    let output = std::env::temp_dir().join(format!(
+        "pedconv-unit-{}-folded-{devices}x{batch}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&output);
+    type B = Autodiff<Flex>;
+    let device = Default::default();
+    B::seed(&device, 5);
+    // Folded on the inner backend, where the folded parameters are leaves.
+    let net = ResNet::<B>::from_inner(network.init::<Flex>(&device).fold_batch_norms())
+        .map(&mut Trainable);
+    let mut initial = Parameters(Vec::new());
+    net.visit(&mut initial);
+    let model = Classifier::new(net, &config, GradientReduction::Sum);
+    let job = Training {
+        config,
+        output: output.clone(),
+        backend_name: "flex".into(),
+        resume_from: 0,
+    };
+    let execution =
+        ExecutionStrategy::multi(vec![device; devices], MultiDeviceOptim::OptimMainDevice);
+    train(job, execution, model).unwrap();
+    let trained: ResNet<Flex> = network
+        .init(&device)
+        .fold_batch_norms()
+        .load_record(output.join(run_dir::FINAL_MODEL), &device)
+        .unwrap();
+    let mut parameters = Parameters(Vec::new());
+    trained.visit(&mut parameters);
+    std::fs::remove_dir_all(&output).unwrap();
+    (initial.0, parameters.0)
+}
+
+/// Two devices of 4 images take the same steps as one device of 8: burn-train sums the
+/// devices' gradients, the objective scales each to make the sum the batch's mean, and the
+/// devices' shards of a step together are the one device's batch. Tolerance: f32 sums of
+/// the gradients in another order, through 3 steps.
+#[test]
+fn two_devices_take_the_steps_of_one_with_twice_the_batch() {
+    let (two, one) = (train_folded(2, 4), train_folded(1, 8));
+    assert_eq!(two.1.len(), one.1.len());
+    let largest = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let difference =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    for (i, ((a, b), start)) in two.1.iter().zip(&one.1).zip(&one.0).enumerate() {
+        let scale = largest(b).max(1e-12);
+        let error = difference(a, b);
+        assert!(
+            error <= 1e-5 * scale,
+            "parameter {i}: {error} (scale {scale})"
+        );
+        assert_eq!(start, &two.0[i], "the same initialisation");
+    }
+    // The steps are small (a deep network without batch norms): a quarter of the
+    // parameters (among them the convolutions' and the classifier's) move by more than ten
+    // times the tolerance, the attention's hardly at all.
+    let moved = |(start, end): (&Vec<f32>, &Vec<f32>)| difference(start, end) > 1e-4 * largest(end);
+    let moved = one.0.iter().zip(&one.1).filter(|&p| moved(p)).count();
+    assert!(
+        moved > one.0.len() / 4,
+        "training moved {moved} of {} parameters",
+        one.0.len()
+    );
+}
