@@ -151,14 +151,14 @@ fn panel(svg: &mut String, records: &[EpochRecord], x0: f64, title: &str, metric
                 "<circle cx=\"{px}\" cy=\"{py}\" r=\"2.5\" fill=\"{colour}\"/>"
             );
         }
-        let legend_y = TOP + 14.0 + row as f64 * 16.0;
+        // The legend above the frame, right of the title, where no line can pass.
+        let (legend_x, legend_y) = (x0 + WIDTH - 140.0 + row as f64 * 75.0, TOP - 19.0);
         let _ = writeln!(
             svg,
-            "<line x1=\"{0}\" y1=\"{legend_y}\" x2=\"{1}\" y2=\"{legend_y}\" stroke=\"{colour}\" stroke-width=\"2\"/>\
-             <text x=\"{2}\" y=\"{3}\">{split}</text>",
-            x0 + WIDTH - 80.0,
-            x0 + WIDTH - 60.0,
-            x0 + WIDTH - 55.0,
+            "<line x1=\"{legend_x}\" y1=\"{legend_y}\" x2=\"{0}\" y2=\"{legend_y}\" stroke=\"{colour}\" stroke-width=\"2\"/>\
+             <text x=\"{1}\" y=\"{2}\">{split}</text>",
+            legend_x + 20.0,
+            legend_x + 25.0,
             legend_y + 4.0
         );
     }
