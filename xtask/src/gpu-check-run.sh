@@ -20,7 +20,10 @@ end=$((SECONDS + deadline_s))
 work="$check/work"
 notes="$root/docs/gpu-notes.md"
 rm -rf "$work"
-mkdir -p "$work/logs" "$work/bin" "$work/lib" "$check/cache" "$(dirname "$notes")"
+mkdir -p "$work/logs" "$work/lib" "$check/cache" "$(dirname "$notes")"
+# The unpacked binaries (some hundred MiB) live outside the folder that travels with the tree.
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
 rows=""
 failed=0
@@ -28,11 +31,11 @@ no_gpu=""       # why the GPU steps cannot run, once the preflight has found out
 no_torch=""     # why the PyTorch steps cannot run
 
 for name in pedconv pedconv-ddp lib-tests suite; do
-    if ! gzip -dc "$check/bin/$name.gz" > "$work/bin/$name"; then
+    if ! gzip -dc "$check/bin/$name.gz" > "$bin/$name"; then
         echo "gpu-check: cannot unpack $check/bin/$name.gz: build the check with \`cargo xtask gpu-check\`" >&2
         exit 2
     fi
-    chmod +x "$work/bin/$name"
+    chmod +x "$bin/$name"
 done
 
 # One cubecl configuration for every step (each runs in $work, where cubecl looks for it): the
@@ -249,7 +252,7 @@ write_notes() {
 publish() {
     [ -n "${OUT:-}" ] || return 0
     cp "$notes" "$OUT/gpu-notes.md"
-    tar -czf "$OUT/logs.tar.gz" --exclude=./bin --exclude=./lib --exclude='*.mpk' . 2> /dev/null
+    tar -czf "$OUT/logs.tar.gz" --exclude=./lib --exclude='*.mpk' . 2> /dev/null
 }
 
 prepare_cuda
@@ -257,19 +260,19 @@ short_config
 export -f preflight
 export started no_gpu
 step preflight 20 none bash -c preflight
-step kernels 90 gpu bin/lib-tests --test-threads=1
-step train 60 gpu bin/pedconv train --backend cuda --config short-synthetic.json --output train
-step train-ddp 60 gpu bin/pedconv-ddp train --backend cuda --devices 0 \
+step kernels 90 gpu "$bin/lib-tests" --test-threads=1
+step train 60 gpu "$bin/pedconv" train --backend cuda --config short-synthetic.json --output train
+step train-ddp 60 gpu "$bin/pedconv-ddp" train --backend cuda --devices 0 \
     --config short-synthetic.json --output train-ddp
-step bench-bf16 90 gpu bin/pedconv bench --backend cuda --layers none --networks r18 \
+step bench-bf16 90 gpu "$bin/pedconv" bench --backend cuda --layers none --networks r18 \
     --settings 128x224 --precision bf16 --reps 5 --output bench-bf16
 step torch-golden 30 torch python3 "$root/bench/torch_reference.py" check-golden \
     --golden "$PEDCONV_GOLDEN_DIR"
 step torch-bench 90 gpu+torch python3 "$root/bench/torch_reference.py" bench \
     --settings 128x224 --precision bf16 --reps 5 --output torch \
     --pedconv bench-bf16
-step bench 150 gpu bin/pedconv bench --backend cuda --layers r18,r50 --layer-batch 32 \
+step bench 150 gpu "$bin/pedconv" bench --backend cuda --layers r18,r50 --layer-batch 32 \
     --networks r18 --settings 128x224,64x224 --reps 3 --output bench
-step suite 300 gpu bin/suite --test-threads=1
+step suite 300 gpu "$bin/suite" --test-threads=1
 echo "wrote $notes" >&2
 exit $failed
