@@ -403,8 +403,8 @@ def side_by_side(torch_rows, pedconv, device_name):
             )
             out.append(
                 f"| {batch} | {size}² | {precision} | {implementation} | {row['model']} "
-                f"| {row['train_images_per_second']:.0f} | {peak(row['train_step'])} "
-                f"| {row['inference_images_per_second']:.0f} | {train_ratio} | {infer_ratio} |"
+                f"| {row['train_images_per_second']:.3g} | {peak(row['train_step'])} "
+                f"| {row['inference_images_per_second']:.3g} | {train_ratio} | {infer_ratio} |"
             )
     return "\n".join(out) + "\n"
 
