@@ -93,6 +93,11 @@ step() {
     esac
 }
 
+# CUDA's compiler: on the path, else in the toolkit's usual place; nothing when neither.
+find_nvcc() {
+    command -v nvcc || ls /usr/local/cuda/bin/nvcc 2> /dev/null | head -n 1
+}
+
 # What the machine is, and the environment the CUDA steps need.
 preflight() {
     echo "date: $started"
@@ -103,7 +108,7 @@ preflight() {
         nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
     fi
     local nvcc
-    nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2> /dev/null | head -n 1)
+    nvcc=$(find_nvcc)
     if [ -n "$nvcc" ]; then
         "$nvcc" --version | tail -n 2
         echo "CUDA_PATH=$CUDA_PATH"
@@ -133,7 +138,7 @@ prepare_cuda() {
         no_gpu="no NVIDIA GPU (nvidia-smi -L failed)"
     fi
     local nvcc
-    nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2> /dev/null | head -n 1)
+    nvcc=$(find_nvcc)
     if [ -z "${CUDA_PATH:-}" ] && [ -n "$nvcc" ]; then
         CUDA_PATH=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
     fi
@@ -257,7 +262,7 @@ publish() {
 
 prepare_cuda
 short_config
-export -f preflight
+export -f preflight find_nvcc
 export started no_gpu
 step preflight 20 none bash -c preflight
 step kernels 90 gpu "$bin/lib-tests" --test-threads=1

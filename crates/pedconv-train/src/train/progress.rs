@@ -194,14 +194,14 @@ impl RunLog {
                 if let Err(e) = self.events.iteration(value) {
                     self.stop(e);
                 }
-            }
-            if *split == Split::Train && name == LOSS && !value.is_finite() && !self.nan_seen {
-                self.nan_seen = true;
-                let epoch = self.records.last().map_or(0, |r| r.epoch) + 1;
-                self.stop(format!(
-                    "the training loss became {value} in epoch {epoch}; the weights of that \
-                     epoch are not saved"
-                ));
+                if !value.is_finite() && !self.nan_seen {
+                    self.nan_seen = true;
+                    let epoch = self.records.last().map_or(0, |r| r.epoch) + 1;
+                    self.stop(format!(
+                        "the training loss became {value} in epoch {epoch}; the weights of that \
+                         epoch are not saved"
+                    ));
+                }
             }
             let sums = match split {
                 Split::Train => &mut self.train,
