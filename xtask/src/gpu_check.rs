@@ -1,9 +1,9 @@
 //! `cargo xtask gpu-check`: the CUDA binaries, built on a machine without a GPU, and the script
 //! that runs them on one with an NVIDIA GPU and no internet.
 //!
-//! Built into `gpu-check/` (ignored by git): `pedconv` with the CUDA backend, its DDP build
-//! (`--features ddp`), the library's unit tests and its suite with the `test-cuda` feature (the
-//! suite's backend is then CUDA), release-built, stripped and gzipped, and `run.sh`
+//! Built into `gpu-check/` (ignored by git): `pedconv` with the CUDA backend and burn's fusion,
+//! its DDP build (`--features ddp`), the library's unit tests (their GPU backend is then CUDA)
+//! and its CUDA suite (`suite-cuda`), release-built, stripped and gzipped, and `run.sh`
 //! (`gpu-check-run.sh` here), which says what it runs, in what order and under which deadline.
 //! `docs/gpu-check.md` is the user's account of it.
 
@@ -42,7 +42,7 @@ pub fn build() -> Result<(), String> {
     let bin = Path::new(DIR).join("bin");
     fs::create_dir_all(&bin).map_err(|e| format!("cannot create {}: {e}", bin.display()))?;
 
-    for (name, features) in [("pedconv", "cuda"), ("pedconv-ddp", "ddp")] {
+    for (name, features) in [("pedconv", "cuda,fusion"), ("pedconv-ddp", "ddp,fusion")] {
         run_cargo(
             &[
                 "build",
@@ -97,8 +97,8 @@ fn workspace_root() -> Result<PathBuf, String> {
         .ok_or_else(|| "the xtask crate has no parent directory".to_string())
 }
 
-/// Builds the library's unit tests and its suite with `test-cuda`, and returns their
-/// executables as `(lib-tests | suite, path)`, read off cargo's JSON messages.
+/// Builds the library's unit tests and its CUDA suite, and returns their executables as
+/// `(lib-tests | suite, path)`, read off cargo's JSON messages.
 fn test_executables() -> Result<Vec<(String, PathBuf)>, String> {
     let args = [
         "test",
@@ -106,10 +106,10 @@ fn test_executables() -> Result<Vec<(String, PathBuf)>, String> {
         "--package",
         "pedconv",
         "--features",
-        "test-cuda",
+        "cuda",
         "--lib",
         "--test",
-        "suite",
+        "suite-cuda",
         "--no-run",
         "--message-format=json",
         "--target-dir",
@@ -137,7 +137,7 @@ fn test_executables() -> Result<Vec<(String, PathBuf)>, String> {
         };
         let name = if line.contains("\"kind\":[\"lib\"]") {
             "lib-tests"
-        } else if line.contains("\"name\":\"suite\"") {
+        } else if line.contains("\"name\":\"suite-cuda\"") {
             "suite"
         } else {
             continue;

@@ -8,10 +8,10 @@ const HELP: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  test        the test suite on the CPU (flex) backend
-  test-wgpu   the test suite on the wgpu backend (needs a Vulkan driver, e.g. Mesa's lavapipe)
+  test        the tests: the suite on flex and on wgpu (needs a Vulkan driver, e.g. Mesa's
+              lavapipe), and the downstream crate (tests/downstream) on wgpu
   lint        rustfmt --check and clippy with warnings as errors
-  ci          lint, test, test-wgpu: what .ci/run runs
+  ci          lint, test: what .ci/run runs
   bench       `pedconv bench` in a release build (arguments after `bench` are passed on;
               default: flex, ResNet-18 and -50 layers, ResNet-18 at 16x224 and 64x64)
   gpu-check   build the CUDA binaries (`pedconv`, its DDP build, the tests on CUDA),
@@ -40,18 +40,17 @@ fn run_cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
 }
 
 fn test() -> Result<(), String> {
-    cargo(&["test", "--workspace"])
+    cargo(&["test", "--workspace"])?;
+    downstream()
 }
 
-fn test_wgpu() -> Result<(), String> {
-    // One test thread: with several, Mesa's software Vulkan driver occasionally crashes at exit.
+/// The downstream crate, a user's crate with burn's default features, trained on wgpu.
+fn downstream() -> Result<(), String> {
     cargo(&[
-        "test",
-        "--workspace",
-        "--features",
-        "pedconv/test-wgpu",
-        "--",
-        "--test-threads=1",
+        "run",
+        "--release",
+        "--manifest-path",
+        "tests/downstream/Cargo.toml",
     ])
 }
 
@@ -74,9 +73,8 @@ fn main() {
         .map_or(("", &[][..]), |(t, r)| (t.as_str(), r));
     let result = match task {
         "test" => test(),
-        "test-wgpu" => test_wgpu(),
         "lint" => lint(),
-        "ci" => lint().and_then(|()| test()).and_then(|()| test_wgpu()),
+        "ci" => lint().and_then(|()| test()),
         "bench" => {
             let mut command = vec![
                 "run",

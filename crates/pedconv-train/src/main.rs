@@ -33,11 +33,17 @@ fn version_text() -> &'static str {
             .filter(|choice| choice.compiled())
             .map(|choice| choice.name())
             .collect();
+        let gpu = cfg!(any(feature = "wgpu", feature = "cuda"));
         format!(
-            "{} (burn {}; backends: {}{})",
+            "{} (burn {}; backends: {}{}{})",
             env!("CARGO_PKG_VERSION"),
             env!("PEDCONV_BURN_VERSION"),
             backends.join(", "),
+            match (gpu, cfg!(feature = "fusion")) {
+                (true, true) => "; GPU backends with burn's fusion",
+                (true, false) => "; GPU backends without fusion",
+                _ => "",
+            },
             if cfg!(feature = "ddp") {
                 "; CUDA distributed data parallel"
             } else {

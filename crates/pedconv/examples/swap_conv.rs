@@ -146,8 +146,10 @@ fn correct<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> f64 {
     hits.into_scalar().elem::<f64>()
 }
 
-fn train<B: AutodiffBackend>(device: &B::Device) {
-    let (epochs, steps, batch_size, lr) = (6, 40, 32, 0.05);
+/// Trains the model for `epochs` on `B`, printing a line per epoch; the last validation
+/// accuracy (a fraction).
+pub fn train<B: AutodiffBackend>(device: &B::Device, epochs: usize) -> f64 {
+    let (steps, batch_size, lr) = (40, 32, 0.05);
     B::seed(device, 0); // the initial weights and the training noise: the same run every time
     let mut model = Net::<B>::new(device);
     let mut optimizer = SgdConfig::new()
@@ -158,6 +160,7 @@ fn train<B: AutodiffBackend>(device: &B::Device) {
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let (val_x, val_y) = batch::<B::InnerBackend>(u64::MAX, 512, device);
     println!("epoch | train loss | info-max loss | val accuracy");
+    let mut accuracy = 0.0;
     for epoch in 0..epochs {
         let (mut loss_sum, mut info_sum) = (0.0, 0.0);
         for step in 0..steps {
@@ -176,18 +179,19 @@ fn train<B: AutodiffBackend>(device: &B::Device) {
             model = optimizer.step(lr, model, grads);
         }
         let (logits, _) = model.valid().forward(val_x.clone(), false);
-        let correct = correct(logits, val_y.clone());
+        accuracy = correct(logits, val_y.clone()) / 512.0;
         println!(
             "{:5} | {:10.4} | {:13.6} | {:6.1}%",
             epoch + 1,
             loss_sum / steps as f64,
             info_sum / steps as f64,
-            100.0 * correct / 512.0
+            100.0 * accuracy
         );
     }
     println!("chance is {:.0}%", 100.0 / CLASSES as f64);
+    accuracy
 }
 
 fn main() {
-    train::<Autodiff<Flex>>(&Default::default());
+    train::<Autodiff<Flex>>(&Default::default(), 6);
 }

@@ -6,7 +6,7 @@ use burn::module::Initializer;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 
-use crate::paths::BackendClass;
+use crate::backend::BackendClass;
 use crate::Error;
 
 /// How [`PedConv2d`](crate::PedConv2d) applies its per-sample kernel. Every path computes the same
@@ -14,10 +14,11 @@ use crate::Error;
 /// they differ in what they materialise and so in time and memory.
 ///
 /// In training on `Autodiff` over flex, ndarray, wgpu or CUDA (this crate's features of those
-/// names; flex is on by default) each path runs as one autodiff operation whose backward pass
-/// recomputes the path's large intermediates: what the layer keeps for the backward pass is then
-/// its input, its factors and, for `Factorized` with kernels larger than 1×1 (every kernel on
-/// flex), one output-sized tensor. On other backends autodiff differentiates the same
+/// names, with or without burn's fusion; flex is on by default) each path runs as one autodiff
+/// operation whose backward pass recomputes the path's large intermediates: what the layer keeps
+/// for the backward pass is then its input, its factors and, where `Factorized` takes its
+/// columns formulation (kernels larger than 1×1, and every kernel on flex and the CubeCL
+/// backends), one output-sized tensor. On other backends autodiff differentiates the same
 /// composition of tensor operations and keeps the intermediates named below until the backward
 /// pass.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -34,15 +35,16 @@ pub enum ComputePath {
     /// On flex (float32 and float64), for every kernel size, fused loops instead: the scaled
     /// columns of one tile of about 512 output positions at a time, in a buffer that stays in
     /// cache, each tile's matrix products on one thread; nothing column-sized is allocated. On
-    /// wgpu and CUDA, for every kernel size, CubeCL kernels around burn's matrix product: the
-    /// scaled columns written in one pass, no scaled copy.
+    /// wgpu and CUDA (with or without burn's fusion), for every kernel size, CubeCL kernels
+    /// around burn's matrix product: the scaled columns written in one pass, no scaled copy.
     Factorized,
     /// Per backend, the path `pedconv bench` measured fastest. On flex (and `Autodiff` over it,
     /// float32 or float64), [`Factorized`](Self::Factorized), whose fused loops train (forward
     /// and backward) faster than both the per-sample kernels and burn's static convolution at
     /// every PEDConv layer shape of ResNet-18 and ResNet-50. On `Autodiff` over the CubeCL
-    /// backends (wgpu, CUDA), `Factorized` too: on wgpu (Vulkan) its kernels train 6 to 17
-    /// times faster than the per-sample kernels at every ResNet-18 layer (the README's table).
+    /// backends (wgpu, CUDA), `Factorized` too: on wgpu (Vulkan) its kernels train several
+    /// times faster than the per-sample kernels at every ResNet-18 layer (the figures are in
+    /// `docs/benchmarks.md`).
     /// Elsewhere, and for inference on the CubeCL backends (where the per-sample kernels' single
     /// grouped convolution is the faster forward on small inputs), the
     /// path that materialises fewer elements: `Factorized` whenever `Cout/g ≥ Ho·Wo` (its

@@ -34,7 +34,10 @@
 //! (with the residual addition and ReLU that follow) and max-pooling. `wgpu` and `cuda` build
 //! CubeCL kernels for the factorized path (the same code on both), which static convolutions
 //! take in training on wgpu, and one-launch kernels for the attention branch's activations and
-//! for the step of [`optim::MomentumSgd`], the training recipe's optimizer.
+//! for the step of [`optim::MomentumSgd`], the training recipe's optimizer. They serve burn's
+//! `Wgpu` and `Cuda` with or without burn's `fusion` feature (on by default in burn): under
+//! fusion the factorized path's kernels run as custom operations of its stream, and fusion
+//! merges the element-wise work itself.
 //!
 //! Layers compute in their input's float type: a half-precision (`f16`, `bf16`) input runs
 //! [`PedConv2d`] and the ResNets in that type, their float32 parameters cast to it by burn's
@@ -49,12 +52,9 @@
 mod accounting;
 mod activation;
 mod attention;
+mod backend;
 mod config;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod cube;
 mod error;
-#[cfg(feature = "flex")]
-mod flex;
 mod geometry;
 pub mod import;
 mod norm;

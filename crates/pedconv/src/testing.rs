@@ -3,12 +3,12 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 
-/// The GPU backend of the kernel-against-reference tests: wgpu with `test-wgpu`, CUDA with
-/// `test-cuda` (wgpu where both are on).
-#[cfg(feature = "test-wgpu")]
-pub(crate) type GpuBackend = burn::backend::Wgpu;
-#[cfg(all(feature = "test-cuda", not(feature = "test-wgpu")))]
-pub(crate) type GpuBackend = burn::backend::Cuda;
+/// The GPU backend of the kernel-against-reference tests, without fusion: wgpu where the
+/// `wgpu` feature is on (without a GPU, Mesa's software Vulkan driver), else CUDA.
+#[cfg(feature = "wgpu")]
+pub(crate) type GpuBackend = crate::backend::cube::Wgpu;
+#[cfg(all(feature = "cuda", not(feature = "wgpu")))]
+pub(crate) type GpuBackend = crate::backend::cube::Cuda;
 
 /// Relative tolerance of a float32 result whose sums run through [`GpuBackend`]'s matrix
 /// products, against the same sums in float32 on the CPU: `float32` (the summation orders
@@ -16,9 +16,9 @@ pub(crate) type GpuBackend = burn::backend::Cuda;
 /// 2⁻¹¹ ≈ 4.9e-4, an error of about 4e-4 of a sum's rms, under 1e-3 of its largest
 /// magnitude at the largest of some thousand outputs), 5e-3: still below the 2e-2 of the
 /// largest value that one wrong term of a sum of at most a few hundred moves it by.
-#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+#[cfg(feature = "cube")]
 pub(crate) fn gpu_products_tolerance(float32: f64) -> f64 {
-    if cfg!(feature = "test-wgpu") {
+    if cfg!(feature = "wgpu") {
         float32
     } else {
         5e-3

@@ -1,127 +1,47 @@
-//! The factorized path's im2col formulation (for kernels larger than 1×1, and for every kernel on
-//! flex), written once over any backend's tensors:
+//! The factorized path's im2col formulation, written once over any backend's tensors:
 //!
 //! `y = Σ_r a_out ⊙ (W · (im2col(x ⊙ a_in) ⊙ a_k))`,
 //!
 //! the spatial factor scaling the columns of an im2col that a matrix product with the reshaped
 //! base weight contracts. The rank terms are folded into the batch (`N = B·r` rows).
-//! [`forward`] is what autodiff differentiates on backends without the memory-saving operation
-//! of [`recompute`](super::recompute); [`backward`] is that operation's hand-written gradient,
-//! which recomputes the columns (`kh·kw` times the input) instead of keeping them.
-//!
-//! [`Engine`] chooses who computes it: on flex, [`flex`]'s fused loops, tile by tile; on the
-//! CubeCL backends, [`cube`]'s kernels; elsewhere the tensor operations of this module.
-
-#[cfg(feature = "flex")]
-mod flex;
-/// Where flex is not built, the tensor operations serve every backend.
-#[cfg(not(feature = "flex"))]
-mod flex {
-    use burn::tensor::backend::Backend;
-    use burn::tensor::Tensor;
-
-    use super::super::{ConvLayout, Gradients, Operands};
-
-    pub(crate) fn runs_on<B: Backend>() -> bool {
-        false
-    }
-
-    pub(super) fn forward<B: Backend>(
-        _: &Operands<B>,
-        _: &ConvLayout,
-        _: bool,
-    ) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
-        None
-    }
-
-    pub(super) fn backward<B: Backend>(
-        _: &Operands<B>,
-        _: Option<&Tensor<B, 4>>,
-        _: &ConvLayout,
-        _: &Tensor<B, 4>,
-    ) -> Option<Gradients<B>> {
-        None
-    }
-}
-
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod cube;
-/// Where no CubeCL backend is built, nothing runs its kernels.
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-mod cube {
-    use burn::tensor::backend::Backend;
-    use burn::tensor::Tensor;
-
-    use super::super::{ConvLayout, Gradients, Needed, Operands};
-
-    pub(super) fn forward<B: Backend>(
-        _: &Operands<B>,
-        _: &ConvLayout,
-        _: bool,
-    ) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
-        None
-    }
-
-    pub(super) fn backward<B: Backend>(
-        _: &Operands<B>,
-        _: Option<&Tensor<B, 4>>,
-        _: &ConvLayout,
-        _: &Tensor<B, 4>,
-        _: Needed,
-    ) -> Option<Gradients<B>> {
-        None
-    }
-}
+//! [`forward`] is what autodiff differentiates where the backend has no operation of its own;
+//! [`backward`] is the hand-written gradient of the autodiff operation
+//! ([`backend`](crate::backend)), which recomputes the columns (`kh·kw` times the input) instead
+//! of keeping them. Both are the default of the backend layer, which flex and the CubeCL
+//! backends override with fused loops and kernels.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-pub(crate) use flex::runs_on as fused;
-
-use super::{
+use super::tensor_ops::{
     col2im, expand_terms, im2col, input_scale, scale_rows, sum_terms, swap_leading_dims,
-    ConvLayout, Gradients, Needed, Operands,
 };
-
-/// Who computes the formulation on a backend: decided once per backend type
-/// ([`BackendClass::engine`](super::BackendClass::engine)), carried by the
-/// [`Formulation`](super::Formulation) from the forward into the backward pass, so that both
-/// run the same code and agree on what the forward keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Engine {
-    /// flex's fused loops ([`flex`]) for float32 and float64 operands; other element types
-    /// take the tensor operations, in both passes alike. `per_term` batch first.
-    FlexLoops,
-    /// The CubeCL kernels of [`cube`], for every float type. `per_term` channels first.
-    CubeKernels,
-    /// The tensor operations of this module, on any backend. `per_term` channels first.
-    TensorOps,
-}
+use super::{ConvLayout, Needed, OperandGradients, Operands};
 
 /// The output and the one intermediate the backward pass keeps.
-pub(crate) struct Forward<B: Backend> {
+pub(crate) struct ColumnsForward<B: Backend> {
     /// `[B, out, Ho, Wo]`.
     pub output: Tensor<B, 4>,
     /// `W · (im2col(x ⊙ a_in) ⊙ a_k)` before the output scaling, when asked for: channels
-    /// first, `[out, N, Ho, Wo]`, from the tensor operations; batch first, `[N, out, Ho, Wo]`,
-    /// from flex's loops (each path's backward reads its own).
+    /// first, `[out, N, Ho, Wo]`, from the tensor operations and the CubeCL kernels; batch
+    /// first, `[N, out, Ho, Wo]`, from flex's loops (each backend's backward reads its own).
     pub per_term: Option<Tensor<B, 4>>,
 }
 
 /// The sizes the formulation's reshapes need.
-struct Sizes {
-    batch: usize,
-    rank: usize,
-    channels_in: usize,
-    channels_out: usize,
-    groups: usize,
-    kernel_size: [usize; 2],
-    input_size: [usize; 2],
-    output_size: [usize; 2],
+pub(crate) struct Sizes {
+    pub batch: usize,
+    pub rank: usize,
+    pub channels_in: usize,
+    pub channels_out: usize,
+    pub groups: usize,
+    pub kernel_size: [usize; 2],
+    pub input_size: [usize; 2],
+    pub output_size: [usize; 2],
 }
 
 impl Sizes {
-    fn new<B: Backend>(operands: &Operands<B>, layout: &ConvLayout) -> Self {
+    pub fn new<B: Backend>(operands: &Operands<B>, layout: &ConvLayout) -> Self {
         let [batch, channels_in, height, width] = operands.x.dims();
         let [channels_out, _, kh, kw] = operands.weight.dims();
         Self {
@@ -136,26 +56,26 @@ impl Sizes {
         }
     }
 
-    fn terms(&self) -> usize {
+    pub fn terms(&self) -> usize {
         self.batch * self.rank
     }
 
-    fn taps(&self) -> usize {
+    pub fn taps(&self) -> usize {
         self.kernel_size[0] * self.kernel_size[1]
     }
 
     /// Output positions of all terms, the columns' length.
-    fn positions(&self) -> usize {
+    pub fn positions(&self) -> usize {
         self.terms() * self.output_size[0] * self.output_size[1]
     }
 
     /// Rows of one group's columns, `in/g · kh·kw`.
-    fn group_rows(&self) -> usize {
+    pub fn group_rows(&self) -> usize {
         self.channels_in / self.groups * self.taps()
     }
 
     /// The base weight as one matrix per group, `[g, out/g, in/g·kh·kw]`.
-    fn weight_matrices<B: Backend>(&self, weight: Tensor<B, 4>) -> Tensor<B, 3> {
+    pub fn weight_matrices<B: Backend>(&self, weight: Tensor<B, 4>) -> Tensor<B, 3> {
         weight.reshape([
             self.groups,
             self.channels_out / self.groups,
@@ -209,21 +129,12 @@ fn output_scale<B: Backend>(operands: &Operands<B>, sizes: &Sizes) -> Tensor<B, 
     .reshape([sizes.channels_out, sizes.terms(), 1, 1])
 }
 
-/// The forward pass on `engine`; `keep` asks for `per_term`.
+/// The forward pass; `keep` asks for `per_term`.
 pub(crate) fn forward<B: Backend>(
     operands: &Operands<B>,
     layout: &ConvLayout,
-    engine: Engine,
     keep: bool,
-) -> Forward<B> {
-    let fused = match engine {
-        Engine::FlexLoops => flex::forward(operands, layout, keep),
-        Engine::CubeKernels => cube::forward(operands, layout, keep),
-        Engine::TensorOps => None,
-    };
-    if let Some((output, per_term)) = fused {
-        return Forward { output, per_term };
-    }
+) -> ColumnsForward<B> {
     let sizes = Sizes::new(operands, layout);
     let (columns, tap_row) = raw_columns(operands, layout, &sizes);
     let columns =
@@ -237,33 +148,24 @@ pub(crate) fn forward<B: Backend>(
     // the CubeCL backends, a convolution's output reshaped to 5-D and then reduced gives wrong
     // sums in burn 0.21 (seen on wgpu).
     let output = swap_leading_dims(scale_rows(per_term.clone(), output_scale(operands, &sizes)));
-    Forward {
+    ColumnsForward {
         output: sum_terms(output, sizes.rank),
         per_term: keep.then_some(per_term),
     }
 }
 
-/// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]` on the
-/// forward's `engine`, given the forward's `per_term` (without it, the output factor's gradient
-/// is zero). The gradients `needed` does not ask for may be left zero. The columns are
+/// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]`, given the
+/// forward's `per_term` (without it, the output factor's gradient is zero); every gradient,
+/// whatever `needed` asks for. The columns are
 /// recomputed; each large intermediate is dropped as soon as it has been used, so that at most
 /// three column-sized tensors live at once.
 pub(crate) fn backward<B: Backend>(
     operands: Operands<B>,
     per_term: Option<Tensor<B, 4>>,
     layout: &ConvLayout,
-    engine: Engine,
     grad: Tensor<B, 4>,
-    needed: Needed,
-) -> Gradients<B> {
-    let fused = match engine {
-        Engine::FlexLoops => flex::backward(&operands, per_term.as_ref(), layout, &grad),
-        Engine::CubeKernels => cube::backward(&operands, per_term.as_ref(), layout, &grad, needed),
-        Engine::TensorOps => None,
-    };
-    if let Some(gradients) = fused {
-        return gradients;
-    }
+    _needed: Needed,
+) -> OperandGradients<B> {
     let sizes = Sizes::new(&operands, layout);
     let (batch, rank, terms) = (sizes.batch, sizes.rank, sizes.terms());
     let [ho, wo] = sizes.output_size;
@@ -333,7 +235,7 @@ pub(crate) fn backward<B: Backend>(
         scale_rows(grad_scaled, input_scale(&operands.factors.input, groups)),
         rank,
     );
-    Gradients {
+    OperandGradients {
         x: grad_x,
         input: grad_input,
         output: grad_output,

@@ -10,7 +10,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
-use super::{float_tensor, Gradients, Operands};
+use super::{OperandGradients, Operands};
 use crate::attention::AttentionFactors;
 
 /// The modulation `Σ_r a_out ⊗ (a_in ⊗ a_k)`, `[B, out·in/g·kh·kw]`, and the factor product
@@ -84,7 +84,7 @@ pub(crate) fn backward<B: Backend>(
     operands: Operands<B>,
     options: &ConvOptions<2>,
     grad: Tensor<B, 4>,
-) -> Gradients<B> {
+) -> OperandGradients<B> {
     let [batch, channels_in, height, width] = operands.x.dims();
     let [_, channels_out, ho, wo] = grad.dims();
     let [_, rank, group_in] = operands.factors.input.dims();
@@ -139,11 +139,16 @@ pub(crate) fn backward<B: Backend>(
     let grad_kernel = (grad_input_taps * operands.factors.input.clone().unsqueeze_dim::<4>(3))
         .sum_dim(2)
         .reshape([batch, rank, taps]);
-    Gradients {
+    OperandGradients {
         x: grad_x,
         input: grad_input,
         output: grad_output,
         kernel: grad_kernel,
         weight: grad_weight,
     }
+}
+
+/// A float tensor of a backend's primitive.
+fn float_tensor<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(primitive))
 }

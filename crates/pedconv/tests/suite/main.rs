@@ -1,5 +1,10 @@
-//! The `pedconv` crate's integration tests, in one binary: burn's backends are compiled and
-//! linked into it once rather than once per file.
+//! The `pedconv` crate's integration tests on flex, burn's CPU backend, in float64: one binary,
+//! so that burn's backends are compiled and linked into it once rather than once per file.
+//! `wgpu.rs` and `cuda.rs` run the same tests on the GPU backends.
+
+/// The backend under test.
+pub type TestBackend = burn::backend::Flex;
+const SUITE: common::Suite = common::Suite::Flex;
 
 mod common;
 

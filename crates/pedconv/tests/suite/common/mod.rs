@@ -6,16 +6,20 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
-/// The backend the tests run on: flex (CPU) by default, wgpu with the `test-wgpu` feature,
-/// CUDA with `test-cuda` (wgpu where both are on).
-#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
-pub type TestBackend = burn::backend::Flex;
-#[cfg(feature = "test-wgpu")]
-pub type TestBackend = burn::backend::Wgpu;
-#[cfg(all(feature = "test-cuda", not(feature = "test-wgpu")))]
-pub type TestBackend = burn::backend::Cuda;
+/// The backend the tests run on, named by the suite binary's root (`main.rs`: flex,
+/// `wgpu.rs`, `cuda.rs`).
+pub use crate::TestBackend;
 
 pub type TestAutodiff = Autodiff<TestBackend>;
+
+/// Which backend a suite binary runs on; each binary constructs one of them.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    Flex,
+    Wgpu,
+    Cuda,
+}
 
 /// Float precision of the numerical tests, with the relative tolerance that goes with it.
 #[derive(Debug, Clone, Copy)]
@@ -41,21 +45,19 @@ pub struct Precision {
 /// term of a sum of at most a few hundred moves the result by more than 1/(3·√n) ≈ 2e-2 of
 /// the largest value.
 pub fn precision() -> Precision {
-    if cfg!(feature = "test-wgpu") {
-        Precision {
+    match crate::SUITE {
+        Suite::Wgpu => Precision {
             dtype: DType::F32,
             tolerance: 1e-4,
-        }
-    } else if cfg!(feature = "test-cuda") {
-        Precision {
+        },
+        Suite::Cuda => Precision {
             dtype: DType::F32,
             tolerance: TF32_LAYER,
-        }
-    } else {
-        Precision {
+        },
+        Suite::Flex => Precision {
             dtype: DType::F64,
             tolerance: 1e-12,
-        }
+        },
     }
 }
 
@@ -66,7 +68,7 @@ pub const TF32_LAYER: f64 = 5e-3;
 /// Relative tolerance of a whole network's float32 logits: `float32` where the backend computes
 /// in float32 throughout, [`TF32_NETWORK`] on CUDA.
 pub fn network_tolerance(float32: f64) -> f64 {
-    if cfg!(all(feature = "test-cuda", not(feature = "test-wgpu"))) {
+    if crate::SUITE == Suite::Cuda {
         TF32_NETWORK
     } else {
         float32

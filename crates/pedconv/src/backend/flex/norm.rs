@@ -12,80 +12,39 @@
 //! ∂L/∂x  = γ_c·s_c·(g − (Σ g)/M − x̂·(Σ g·x̂)/M)
 //! ```
 
-use core::any::{Any, TypeId};
 use core::marker::PhantomData;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::nn::BatchNorm;
-use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::Epilogue;
-use crate::flex::{contiguous, flex_tensor, real, sum_of, Real};
-use crate::paths::cast;
+use super::{contiguous, flex_tensor, real, storage, sum_of, Real};
+use crate::norm::Epilogue;
 
 type Ad<C> = Autodiff<Flex, C>;
 
-/// `relu(bn(x) + residual)` as one operation of fused loops, when `B` is flex (inference: the
-/// running statistics) or `Autodiff<Flex>` with either checkpointing strategy (training: the
-/// batch's), and every operand holds float32, or every one float64; `None` otherwise.
-pub(super) fn forward<B: Backend>(
-    bn: &BatchNorm<B>,
-    x: &Tensor<B, 4>,
-    epilogue: &Epilogue<B>,
-) -> Option<Tensor<B, 4>> {
-    inference(bn, x, epilogue)
-        .or_else(|| training::<B, NoCheckpointing>(bn, x, epilogue))
-        .or_else(|| training::<B, BalancedCheckpointing>(bn, x, epilogue))
+/// A flex tensor of `output`.
+fn from_flex(output: FlexTensor) -> Tensor<Flex, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-/// The operands on flex, with the types of `B = F`: the batch norm, the input and the epilogue.
-type OnFlex<F> = (BatchNorm<F>, Tensor<F, 4>, Epilogue<F>);
-
-/// The operands as those of `F`, when `B` is `F`.
-fn on<B: Backend, F: Backend>(
-    bn: &BatchNorm<B>,
-    x: &Tensor<B, 4>,
-    epilogue: &Epilogue<B>,
-) -> Option<OnFlex<F>> {
-    if TypeId::of::<B>() != TypeId::of::<F>() {
-        return None;
-    }
-    let bn = (bn as &dyn Any).downcast_ref::<BatchNorm<F>>()?.clone();
-    Some((bn, cast(x.clone())?, cast(epilogue.clone())?))
-}
-
-/// A flex tensor's storage.
-fn flex_storage<const D: usize>(tensor: Tensor<Flex, D>) -> FlexTensor {
-    contiguous(tensor.into_primitive().tensor())
-}
-
-/// A `B` tensor of flex's `output`, when `B` is flex.
-fn from_flex<B: Backend>(output: FlexTensor) -> Option<Tensor<B, 4>> {
-    cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
-        output,
-    )))
-}
-
-/// Inference on flex: normalised by the running statistics, in one pass.
-fn inference<B: Backend>(
-    bn: &BatchNorm<B>,
-    x: &Tensor<B, 4>,
-    epilogue: &Epilogue<B>,
-) -> Option<Tensor<B, 4>> {
-    let (bn, x, epilogue) = on::<B, Flex>(bn, x, epilogue)?;
+/// Inference: `relu(bn(x) + residual)` normalised by the running statistics, in one pass;
+/// `None` unless every operand holds float32, or every one float64.
+pub(super) fn inference(
+    bn: &BatchNorm<Flex>,
+    x: &Tensor<Flex, 4>,
+    epilogue: &Epilogue<Flex>,
+) -> Option<Tensor<Flex, 4>> {
     let inputs = Inputs::new(
-        flex_storage(x),
-        epilogue.residual.map(flex_storage),
+        storage(x),
+        epilogue.residual.as_ref().map(storage),
         epilogue.relu,
     )?;
     let [gamma, beta, mean, variance] = [
@@ -94,47 +53,41 @@ fn inference<B: Backend>(
         bn.running_mean.value(),
         bn.running_var.value(),
     ]
-    .map(flex_storage);
+    .map(|tensor| storage(&tensor));
     let statistics = [&gamma, &beta, &mean, &variance];
     let output = inputs
         .running::<f32>(statistics, bn.epsilon)
         .or_else(|| inputs.running::<f64>(statistics, bn.epsilon))?;
-    from_flex(output)
+    Some(from_flex(output))
 }
 
-/// The epilogue alone, `relu(y + residual)`, on flex (inference, the batch norm folded into the
+/// The epilogue alone, `relu(y + residual)` (inference, the batch norm folded into the
 /// convolution): one parallel pass, where burn's addition and ReLU are one single-threaded pass
 /// each. `None` where there is nothing to do.
-pub(super) fn epilogue<B: Backend>(
-    y: &Tensor<B, 4>,
-    epilogue: &Epilogue<B>,
-) -> Option<Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<Flex>() || (epilogue.residual.is_none() && !epilogue.relu)
-    {
+pub(super) fn epilogue(y: &Tensor<Flex, 4>, epilogue: &Epilogue<Flex>) -> Option<Tensor<Flex, 4>> {
+    if epilogue.residual.is_none() && !epilogue.relu {
         return None;
     }
-    let epilogue = cast::<_, Epilogue<Flex>>(epilogue.clone())?;
     let inputs = Inputs::new(
-        flex_storage(cast::<_, Tensor<Flex, 4>>(y.clone())?),
-        epilogue.residual.map(flex_storage),
+        storage(y),
+        epilogue.residual.as_ref().map(storage),
         epilogue.relu,
     )?;
-    from_flex(
+    Some(from_flex(
         inputs
             .identity::<f32>()
             .or_else(|| inputs.identity::<f64>())?,
-    )
+    ))
 }
 
 /// Training on `Autodiff<Flex, C>`: normalised by the batch statistics, which update the
 /// running ones, as one autodiff operation.
-fn training<B: Backend, C: CheckpointStrategy>(
-    bn: &BatchNorm<B>,
-    x: &Tensor<B, 4>,
-    epilogue: &Epilogue<B>,
-) -> Option<Tensor<B, 4>> {
-    let (bn, x, epilogue) = on::<B, Ad<C>>(bn, x, epilogue)?;
-    cast(tracked::<C, f32>(&bn, &x, &epilogue).or_else(|| tracked::<C, f64>(&bn, &x, &epilogue))?)
+pub(super) fn training<C: CheckpointStrategy>(
+    bn: &BatchNorm<Ad<C>>,
+    x: &Tensor<Ad<C>, 4>,
+    epilogue: &Epilogue<Ad<C>>,
+) -> Option<Tensor<Ad<C>, 4>> {
+    tracked::<C, f32>(bn, x, epilogue).or_else(|| tracked::<C, f64>(bn, x, epilogue))
 }
 
 /// [`training`] for `T` operands; `None` unless every operand holds `T`s.
@@ -538,7 +491,7 @@ mod tests {
     use burn::nn::{BatchNorm, BatchNormConfig};
     use burn::tensor::{DType, Tensor, TensorData};
 
-    use super::forward;
+    use super::{inference, training};
     use crate::norm::Epilogue;
 
     type B = Autodiff<Flex>;
@@ -582,8 +535,8 @@ mod tests {
                 };
                 let name = format!("{dtype:?}, residual {residual}, relu {relu}");
                 // Two steps, so that the running statistics are updated twice.
-                let fused = forward(&bn, &x, &epilogue()).expect("the fused operation");
-                let _ = forward(&bn, &x.clone().mul_scalar(0.5), &epilogue());
+                let fused = training(&bn, &x, &epilogue()).expect("the fused operation");
+                let _ = training(&bn, &x.clone().mul_scalar(0.5), &epilogue());
                 let expected = epilogue().compose(reference.forward(x.clone()));
                 let _ = epilogue().compose(reference.forward(x.clone().mul_scalar(0.5)));
                 let gradients = |output: Tensor<B, 4>, bn: &BatchNorm<B>| {
@@ -633,7 +586,7 @@ mod tests {
                     residual: residual.then(|| random(&shape, dtype).reshape(shape)),
                     relu,
                 };
-                let fused = forward(&bn, &x, &epilogue).expect("the fused operation");
+                let fused = inference(&bn, &x, &epilogue).expect("the fused operation");
                 let expected = epilogue.clone().compose(bn.forward(x.clone()));
                 let alone = super::epilogue(&x, &epilogue).expect("the fused epilogue");
                 let expected_alone = epilogue.compose(x);
@@ -652,6 +605,6 @@ mod tests {
         let device = Default::default();
         let bn: BatchNorm<B> = BatchNormConfig::new(2).init(&device);
         let x = random([1, 2, 3, 3], DType::F16);
-        assert!(forward(&bn, &x, &Epilogue::relu()).is_none());
+        assert!(training(&bn, &x, &Epilogue::relu()).is_none());
     }
 }

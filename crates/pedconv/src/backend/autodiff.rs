@@ -1,81 +1,71 @@
-//! The compute paths as autodiff operations with hand-written backward passes
-//! ([`Formulation::backward`]): each keeps its operands (the layer input, which the previous
-//! layer keeps anyway, the small factors and the weight), and the columns formulation one
-//! output-sized tensor more, and recomputes its large intermediates in the backward pass.
-//! Derived by autodiff, the same computations keep them: two column-sized tensors (`2·kh·kw`
-//! times the input) per layer for the columns, the kernels and the modulation (each
-//! `B·out·in/g·kh·kw`) for the per-sample kernels.
+//! [`PedConvBackend`] for `Autodiff<B, C>`, either checkpointing strategy: autodiff operations
+//! with hand-written backward passes over `B`'s operations.
 //!
-//! `PedConv2d` is generic over any [`Backend`]; these operations exist for burn's `Autodiff`
-//! over the backends enabled by this crate's features (`flex`, `ndarray`, `wgpu`, `cuda`), with
-//! or without burn's balanced checkpointing. [`forward`] recognises those backend types at run
-//! time and answers `None` for any other, where autodiff differentiates the composition itself
-//! (the same values, more memory).
-
-use core::any::TypeId;
+//! - A compute path ([`Formulation`]) keeps its operands (the layer input, which the previous
+//!   layer keeps anyway, the small factors and the weight), and the columns formulation one
+//!   output-sized tensor more, and recomputes its large intermediates in the backward pass.
+//!   Derived by autodiff, the same computations keep them: two column-sized tensors (`2·kh·kw`
+//!   times the input) per layer for the columns, the kernels and the modulation (each
+//!   `B·out·in/g·kh·kw`) for the per-sample kernels.
+//! - Where `B`'s activations are kernels of their own, an activation keeps its output and runs
+//!   `B`'s backward kernel; elsewhere autodiff differentiates the composition (which fusion
+//!   merges).
+//! - Batch norms and max-pooling take `B`'s tracked operations (flex's fused loops).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
+use burn::nn::pool::MaxPool2d;
+use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::{cast, float_tensor, Formulation, Needed, Operands};
+use super::{BackendClass, Columns, PedConvBackend};
+use crate::activation::Activation;
 use crate::attention::AttentionFactors;
+use crate::norm::Epilogue;
+use crate::paths::{Formulation, Needed, Operands};
 
-/// The output of `formulation` through its memory-saving operation, when `B` is one of the
-/// autodiff backends it is built for; `None` otherwise.
-pub(crate) fn forward<B: Backend>(
-    formulation: &Formulation,
-    operands: &Operands<B>,
-) -> Option<Tensor<B, 4>> {
-    #[cfg(feature = "flex")]
-    if let Some(output) = on_inner::<B, burn::backend::Flex>(formulation, operands) {
-        return Some(output);
+impl<B: PedConvBackend, C: CheckpointStrategy> PedConvBackend for Autodiff<B, C> {
+    fn class() -> BackendClass {
+        B::class().trained()
     }
-    #[cfg(feature = "ndarray")]
-    if let Some(output) = on_inner::<B, burn::backend::NdArray>(formulation, operands) {
-        return Some(output);
+
+    fn path_output(formulation: &Formulation, operands: Operands<Self>) -> Tensor<Self, 4> {
+        tracked_path::<B, C>(formulation, operands)
     }
-    #[cfg(feature = "wgpu")]
-    if let Some(output) = on_inner::<B, burn::backend::Wgpu>(formulation, operands) {
-        return Some(output);
+
+    fn activation(x: Tensor<Self, 1>, activation: Activation) -> Tensor<Self, 1> {
+        if B::activation_kernels() {
+            tracked_activation::<B, C>(x, activation)
+        } else {
+            activation.compose(x)
+        }
     }
-    #[cfg(feature = "cuda")]
-    if let Some(output) = on_inner::<B, burn::backend::Cuda>(formulation, operands) {
-        return Some(output);
+
+    fn batch_norm(
+        bn: &BatchNorm<Self>,
+        x: Tensor<Self, 4>,
+        epilogue: Epilogue<Self>,
+    ) -> Tensor<Self, 4> {
+        B::tracked_batch_norm(bn, x, epilogue)
     }
-    let _ = (formulation, operands);
-    None
+
+    fn max_pool(pool: &MaxPool2d, x: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        B::tracked_max_pool(pool, x)
+    }
 }
 
-/// [`forward`] for `B = Autodiff<I, C>` with either checkpointing strategy of burn.
-#[allow(dead_code)] // unused when no backend feature is enabled
-fn on_inner<B: Backend, I: Backend>(
-    formulation: &Formulation,
-    operands: &Operands<B>,
-) -> Option<Tensor<B, 4>> {
-    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
-    on_autodiff::<B, I, NoCheckpointing>(formulation, operands)
-        .or_else(|| on_autodiff::<B, I, BalancedCheckpointing>(formulation, operands))
+/// A float tensor of a backend's primitive.
+fn float_tensor<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
-#[allow(dead_code)] // unused when no backend feature is enabled
-fn on_autodiff<B: Backend, I: Backend, C: CheckpointStrategy>(
-    formulation: &Formulation,
-    operands: &Operands<B>,
-) -> Option<Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<I, C>>() {
-        return None;
-    }
-    let operands = cast::<_, Operands<Autodiff<I, C>>>(operands.clone())?;
-    cast(tracked_forward::<I, C>(formulation, operands))
-}
-
-/// The forward on the inner backend, registered in the autodiff graph with [`RecomputeBackward`].
-pub(crate) fn tracked_forward<I: Backend, C: CheckpointStrategy>(
+/// The path's forward on the inner backend, registered in the autodiff graph with
+/// [`RecomputeBackward`].
+pub(crate) fn tracked_path<I: PedConvBackend, C: CheckpointStrategy>(
     formulation: &Formulation,
     operands: Operands<Autodiff<I, C>>,
 ) -> Tensor<Autodiff<I, C>, 4> {
@@ -96,7 +86,7 @@ pub(crate) fn tracked_forward<I: Backend, C: CheckpointStrategy>(
         },
         weight: float_tensor(weight.primitive.clone()),
     };
-    let (result, kept) = formulation.forward(&inner, keep);
+    let (result, kept) = formulation.forward(&inner, keep, &Columns::<I>::native());
     let result = result.into_primitive().tensor();
     let nodes = [x.node, input.node, output.node, kernel.node, weight.node];
     let tensor = match RecomputeBackward
@@ -128,7 +118,7 @@ struct RecomputeState<I: Backend> {
 #[derive(Debug)]
 struct RecomputeBackward;
 
-impl<I: Backend> Backward<I, 5> for RecomputeBackward {
+impl<I: PedConvBackend> Backward<I, 5> for RecomputeBackward {
     type State = RecomputeState<I>;
 
     fn backward(
@@ -146,9 +136,13 @@ impl<I: Backend> Backward<I, 5> for RecomputeBackward {
             kernel: kernel.is_some(),
             weight: weight.is_some(),
         };
-        let gradients = state
-            .formulation
-            .backward(state.operands, state.kept, grad, needed);
+        let gradients = state.formulation.backward(
+            state.operands,
+            state.kept,
+            grad,
+            needed,
+            &Columns::<I>::native(),
+        );
         let parts = [
             (x, gradients.x.into_primitive().tensor()),
             (input, gradients.input.into_primitive().tensor()),
@@ -160,6 +154,48 @@ impl<I: Backend> Backward<I, 5> for RecomputeBackward {
             if let Some(node) = node {
                 grads.register::<I>(node.id, gradient);
             }
+        }
+    }
+}
+
+/// The activation as one autodiff operation that keeps its output for the backward pass.
+fn tracked_activation<I: PedConvBackend, C: CheckpointStrategy>(
+    x: Tensor<Autodiff<I, C>, 1>,
+    activation: Activation,
+) -> Tensor<Autodiff<I, C>, 1> {
+    let x = x.into_primitive().tensor();
+    let y = I::activation(float_tensor(x.primitive.clone()), activation)
+        .into_primitive()
+        .tensor();
+    let y = match ActivationBackward(activation)
+        .prepare::<C>([x.node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+#[derive(Debug)]
+struct ActivationBackward(Activation);
+
+impl<I: PedConvBackend> Backward<I, 1> for ActivationBackward {
+    type State = I::FloatTensorPrimitive;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<I>(&ops.node);
+        let [parent] = ops.parents;
+        if let Some(parent) = parent {
+            let grad_x =
+                I::activation_backward(float_tensor(ops.state), float_tensor(grad), self.0);
+            grads.register::<I>(parent.id, grad_x.into_primitive().tensor());
         }
     }
 }
@@ -304,7 +340,7 @@ mod tests {
                 groups,
                 geometry,
             };
-            let mut formulations = vec![Formulation::columns::<Flex>(layout)];
+            let mut formulations = vec![Formulation::Columns(layout)];
             if geometry.padding_start == geometry.padding_end {
                 formulations.push(Formulation::Kernels(ConvOptions::new(
                     stride,
@@ -354,8 +390,9 @@ mod tests {
                 let name = format!(
                     "{formulation:?}, {channels:?} {kernel_size:?} stride {stride:?} groups {groups} rank {rank}"
                 );
-                let expected = evaluate(formulation.forward(&operands, false).0);
-                let actual = evaluate(tracked_forward(&formulation, operands.clone()));
+                let composed = Columns::composed();
+                let expected = evaluate(formulation.forward(&operands, false, &composed).0);
+                let actual = evaluate(tracked_path(&formulation, operands.clone()));
                 for (what, (actual, expected)) in ["output", "x", "a_in", "a_out", "a_k", "W"]
                     .iter()
                     .zip(actual.iter().zip(&expected))

@@ -19,16 +19,14 @@
 use core::ops::Range;
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::backend::Backend;
+use burn::backend::Flex;
 use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-pub(crate) use crate::flex::runs_on;
-use crate::flex::{dot, storage, tensor, Real, LANES};
-
-use super::super::{ConvLayout, Gradients, Operands};
-use super::Sizes;
+use super::{dot, storage, tensor, Real, LANES};
+use crate::paths::columns::{ColumnsForward, Sizes};
+use crate::paths::{ConvLayout, OperandGradients, Operands};
 
 /// Output positions per tile, at most; flex's own convolution tiles by 512.
 const TILE: usize = 512;
@@ -51,13 +49,13 @@ struct Storage {
 }
 
 impl Storage {
-    fn new<B: Backend>(operands: &Operands<B>) -> Option<Self> {
+    fn new(operands: &Operands<Flex>) -> Option<Self> {
         Some(Self {
-            x: storage(&operands.x)?,
-            input: storage(&operands.factors.input)?,
-            output: storage(&operands.factors.output)?,
-            kernel: storage(&operands.factors.kernel)?,
-            weight: storage(&operands.weight)?,
+            x: storage(&operands.x),
+            input: storage(&operands.factors.input),
+            output: storage(&operands.factors.output),
+            kernel: storage(&operands.factors.kernel),
+            weight: storage(&operands.weight),
         })
     }
 
@@ -520,23 +518,23 @@ fn matmul_into<T: Real>(
 
 /// The output `[B, out, Ho, Wo]` and, when `keep` asks for it, `per_term`, batch first:
 /// `W · (im2col(x ⊙ a_in) ⊙ a_k)` as `[N, out, Ho, Wo]`.
-pub(super) fn forward<B: Backend>(
-    operands: &Operands<B>,
+pub(super) fn forward(
+    operands: &Operands<Flex>,
     layout: &ConvLayout,
     keep: bool,
-) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
+) -> Option<ColumnsForward<Flex>> {
     let storage = Storage::new(operands)?;
     let sizes = Sizes::new(operands, layout);
-    forward_of::<B, f32>(&storage, layout, &sizes, keep)
-        .or_else(|| forward_of::<B, f64>(&storage, layout, &sizes, keep))
+    forward_of::<f32>(&storage, layout, &sizes, keep)
+        .or_else(|| forward_of::<f64>(&storage, layout, &sizes, keep))
 }
 
-fn forward_of<B: Backend, T: Real>(
+fn forward_of<T: Real>(
     storage: &Storage,
     layout: &ConvLayout,
     sizes: &Sizes,
     keep: bool,
-) -> Option<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
+) -> Option<ColumnsForward<Flex>> {
     let values = storage.values::<T>()?;
     let plan = Plan::new(sizes, layout);
     let (rank, channels_out, pixels) = (sizes.rank, sizes.channels_out, plan.pixels());
@@ -595,38 +593,31 @@ fn forward_of<B: Backend, T: Real>(
             }
         });
     let [ho, wo] = sizes.output_size;
-    let per_term = match per_term {
-        Some(per_term) => Some(tensor(per_term, [sizes.terms(), channels_out, ho, wo])?),
-        None => None,
-    };
-    Some((
-        tensor(output, [sizes.batch, channels_out, ho, wo])?,
-        per_term,
-    ))
+    Some(ColumnsForward {
+        output: tensor(output, [sizes.batch, channels_out, ho, wo]),
+        per_term: per_term.map(|per_term| tensor(per_term, [sizes.terms(), channels_out, ho, wo])),
+    })
 }
 
 /// The gradients of every operand from the output's gradient `[B, out, Ho, Wo]`, given the
 /// `per_term` of [`forward`] (without it, the output factor's gradient is zero).
-pub(super) fn backward<B: Backend>(
-    operands: &Operands<B>,
-    per_term: Option<&Tensor<B, 4>>,
+pub(super) fn backward(
+    operands: &Operands<Flex>,
+    per_term: Option<&Tensor<Flex, 4>>,
     layout: &ConvLayout,
-    grad: &Tensor<B, 4>,
-) -> Option<Gradients<B>> {
+    grad: &Tensor<Flex, 4>,
+) -> Option<OperandGradients<Flex>> {
     let storage = Storage::new(operands)?;
-    let per_term = match per_term {
-        Some(per_term) => Some(storage_as(per_term, operands)?),
-        None => None,
-    };
-    let grad = storage_as(grad, operands)?;
+    let per_term = per_term.map(|per_term| storage_as(per_term, operands));
+    let grad = storage_as(grad, operands);
     let sizes = Sizes::new(operands, layout);
     let per_term = per_term.as_ref();
-    backward_of::<B, f32>(&storage, per_term, &grad, layout, &sizes)
-        .or_else(|| backward_of::<B, f64>(&storage, per_term, &grad, layout, &sizes))
+    backward_of::<f32>(&storage, per_term, &grad, layout, &sizes)
+        .or_else(|| backward_of::<f64>(&storage, per_term, &grad, layout, &sizes))
 }
 
 /// [`storage`] of `tensor` in the dtype of the operands' input.
-fn storage_as<B: Backend>(tensor: &Tensor<B, 4>, operands: &Operands<B>) -> Option<FlexTensor> {
+fn storage_as(tensor: &Tensor<Flex, 4>, operands: &Operands<Flex>) -> FlexTensor {
     let dtype = operands.x.dtype();
     if tensor.dtype() == dtype {
         storage(tensor)
@@ -635,13 +626,13 @@ fn storage_as<B: Backend>(tensor: &Tensor<B, 4>, operands: &Operands<B>) -> Opti
     }
 }
 
-fn backward_of<B: Backend, T: Real>(
+fn backward_of<T: Real>(
     storage: &Storage,
     per_term: Option<&FlexTensor>,
     grad: &FlexTensor,
     layout: &ConvLayout,
     sizes: &Sizes,
-) -> Option<Gradients<B>> {
+) -> Option<OperandGradients<Flex>> {
     let values = storage.values::<T>()?;
     let per_term = match per_term {
         Some(per_term) => Some(per_term.as_slice::<T>()?),
@@ -752,12 +743,12 @@ fn backward_of<B: Backend, T: Real>(
         })
         .unwrap_or_else(|| vec![T::default(); weight_size]);
     let [kh, kw] = sizes.kernel_size;
-    Some(Gradients {
-        x: tensor(grad_x, [batch, channels_in, height, width])?,
-        input: tensor(grad_input, [batch, rank, group_in])?,
-        output: tensor(grad_output, [batch, rank, channels_out])?,
-        kernel: tensor(grad_kernel, [batch, rank, taps])?,
-        weight: tensor(grad_weight, [channels_out, group_in, kh, kw])?,
+    Some(OperandGradients {
+        x: tensor(grad_x, [batch, channels_in, height, width]),
+        input: tensor(grad_input, [batch, rank, group_in]),
+        output: tensor(grad_output, [batch, rank, channels_out]),
+        kernel: tensor(grad_kernel, [batch, rank, taps]),
+        weight: tensor(grad_weight, [channels_out, group_in, kh, kw]),
     })
 }
 

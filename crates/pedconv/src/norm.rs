@@ -1,23 +1,21 @@
 //! Batch normalisation with what follows it in a residual network, an optional residual
 //! addition and a ReLU: `relu(bn(x) + residual)`.
 //!
-//! In training on flex (`Autodiff<Flex>`, float32 or float64) this is one autodiff operation of
-//! fused loops with a hand-written backward pass ([`flex`]): one pass for the channel
+//! On flex (float32 or float64) this runs as fused loops, in training one autodiff operation
+//! with a hand-written backward pass (see [`backend`](crate::backend)): one pass for the channel
 //! statistics, one that writes the output, and two in the backward pass; it keeps its input and
 //! its output (which the next layer keeps anyway). Composed from burn's `BatchNorm` and tensor
 //! operations, the same step takes about ten passes forward and as many backward, several of
-//! them through flex's element-by-element path for the `[1, C, 1, 1]` broadcasts. Elsewhere, and
-//! in inference, burn's `BatchNorm`, the addition and the ReLU, which autodiff differentiates:
-//! the same values to rounding.
-
-#[cfg(feature = "flex")]
-mod flex;
+//! them through flex's element-by-element path for the `[1, C, 1, 1]` broadcasts. Elsewhere,
+//! burn's `BatchNorm`, the addition and the ReLU, which autodiff differentiates: the same values
+//! to rounding.
 
 use burn::nn::BatchNorm;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::backend::ops;
 use crate::precision::{at_least_f32, is_half};
 
 /// What follows a batch norm: an optional residual to add, then an optional ReLU.
@@ -45,11 +43,7 @@ pub(crate) fn batch_norm<B: Backend>(
         };
         return batch_norm(bn, at_least_f32(x), epilogue).cast(dtype);
     }
-    #[cfg(feature = "flex")]
-    if let Some(output) = flex::forward(bn, &x, &epilogue) {
-        return output;
-    }
-    epilogue.compose(bn.forward(x))
+    (ops::<B>().batch_norm)(bn, x, epilogue)
 }
 
 impl<B: Backend> Epilogue<B> {
@@ -80,11 +74,7 @@ impl<B: Backend> Epilogue<B> {
     /// `relu(y + residual)`, each part as asked: on flex in inference (a batch norm folded into
     /// its convolution) one parallel pass of fused loops, elsewhere [`compose`](Self::compose).
     pub fn apply(self, y: Tensor<B, 4>) -> Tensor<B, 4> {
-        #[cfg(feature = "flex")]
-        if let Some(output) = flex::epilogue(&y, &self) {
-            return output;
-        }
-        self.compose(y)
+        (ops::<B>().epilogue)(y, self)
     }
 
     /// `relu(y + residual)`, each part as asked, composed from tensor operations.

@@ -2,25 +2,20 @@
 //! ceil mode, on float32 or float64 input. The first maximum of a window in row-major order wins,
 //! as in burn's flex.
 
-use core::any::TypeId;
 use core::marker::PhantomData;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::flex::{contiguous, flex_tensor, Real};
-use crate::paths::cast;
+use super::{contiguous, flex_tensor, storage, Real};
 
 /// The pooling `pool` applies to an `[N, C, H, W]` input.
 #[derive(Debug, Clone, Copy)]
@@ -110,29 +105,22 @@ impl Window {
     }
 }
 
-/// `pool(x)` by the loops, when `B` is flex (inference) or `Autodiff<Flex>` (training) and `x`
-/// holds float32 or float64; `None` otherwise.
-pub(super) fn forward<B: Backend>(pool: &MaxPool2d, x: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
-    let window = Window::new(pool, x.dims())?;
+/// The window and output shape of `pool` on `x`, where the loops take it.
+fn window_of(pool: &MaxPool2d, dims: [usize; 4]) -> Option<(Window, [usize; 4])> {
+    let window = Window::new(pool, dims)?;
     if window.input[0] * window.input[1] > u32::MAX as usize {
         return None;
     }
-    let [n, c, _, _] = x.dims();
-    let shape = [n, c, window.output[0], window.output[1]];
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        let x = contiguous(
-            cast::<_, Tensor<Flex, 4>>(x.clone())?
-                .into_primitive()
-                .tensor(),
-        );
-        let output =
-            pooled::<f32>(&window, &x, shape).or_else(|| pooled::<f64>(&window, &x, shape))?;
-        return cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
-            output.0,
-        )));
-    }
-    training::<B, NoCheckpointing>(&window, x, shape)
-        .or_else(|| training::<B, BalancedCheckpointing>(&window, x, shape))
+    let [n, c, _, _] = dims;
+    Some((window, [n, c, window.output[0], window.output[1]]))
+}
+
+/// `pool(x)` by the loops in inference; `None` unless `x` holds float32 or float64.
+pub(super) fn inference(pool: &MaxPool2d, x: &Tensor<Flex, 4>) -> Option<Tensor<Flex, 4>> {
+    let (window, shape) = window_of(pool, x.dims())?;
+    let x = storage(x);
+    let output = pooled::<f32>(&window, &x, shape).or_else(|| pooled::<f64>(&window, &x, shape))?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(output.0)))
 }
 
 /// The pooled output and the indices of the maxima, when `x` holds `T`s.
@@ -145,16 +133,14 @@ fn pooled<T: Real>(
     Some((flex_tensor(output, &shape), indices))
 }
 
-fn training<B: Backend, C: CheckpointStrategy>(
-    window: &Window,
-    x: &Tensor<B, 4>,
-    shape: [usize; 4],
-) -> Option<Tensor<B, 4>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<Flex, C>>() {
-        return None;
-    }
-    let x = cast::<_, Tensor<Autodiff<Flex, C>, 4>>(x.clone())?;
-    cast(tracked::<C, f32>(window, &x, shape).or_else(|| tracked::<C, f64>(window, &x, shape))?)
+/// `pool(x)` in training on `Autodiff<Flex, C>`, as one autodiff operation; `None` unless `x`
+/// holds float32 or float64.
+pub(super) fn training<C: CheckpointStrategy>(
+    pool: &MaxPool2d,
+    x: &Tensor<Autodiff<Flex, C>, 4>,
+) -> Option<Tensor<Autodiff<Flex, C>, 4>> {
+    let (window, shape) = window_of(pool, x.dims())?;
+    tracked::<C, f32>(&window, x, shape).or_else(|| tracked::<C, f64>(&window, x, shape))
 }
 
 /// [`training`] for a `T` input; `None` unless `x` holds `T`s.
@@ -227,7 +213,7 @@ mod tests {
     use burn::tensor::activation::relu;
     use burn::tensor::{DType, Tensor};
 
-    use super::forward;
+    use super::{inference, training};
     use crate::testing::assert_close;
 
     type B = Autodiff<Flex>;
@@ -260,7 +246,7 @@ mod tests {
                 );
                 let random = |shape| crate::testing::normal::<B, 4>(shape, dtype, [0.0, 1.0]);
                 let x = relu(random([2, 3, h, w])).detach().require_grad();
-                let fused = forward(&pool, &x).expect("the fused pooling");
+                let fused = training(&pool, &x).expect("the fused pooling");
                 let probe = random(fused.dims());
                 let evaluate = |output: Tensor<B, 4>| {
                     let grads = (output.clone() * probe.clone()).sum().backward();
@@ -274,10 +260,10 @@ mod tests {
                 assert_close(&format!("{name}: output"), &output, &expected_output, 0.0);
                 assert_close(&format!("{name}: x"), &grad, &expected_grad, tolerance);
                 let inner = x.clone().inner();
-                let inference = forward(&pool, &inner).expect("the fused pooling");
+                let inferred = inference(&pool, &inner).expect("the fused pooling");
                 assert_close(
                     &format!("{name}: inference"),
-                    &inference.into_data(),
+                    &inferred.into_data(),
                     &pool.forward(inner).into_data(),
                     0.0,
                 );
