@@ -31,8 +31,8 @@ fn static_conv2d_equals_conv2d(device: &<B as Backend>::Device) -> Result<(), St
         .with_stride([2, 2])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .init::<B>(device);
-    let x = Tensor::<B, 4>::random([2, 8, 9, 9], Distribution::Normal(0.0, 1.0), device)
-        .require_grad();
+    let x =
+        Tensor::<B, 4>::random([2, 8, 9, 9], Distribution::Normal(0.0, 1.0), device).require_grad();
     let evaluate = |y: Tensor<B, 4>| -> [TensorData; 2] {
         let grads = (y.clone() * y.clone()).sum().backward();
         let grad = x.grad(&grads).expect("the input's gradient");
@@ -40,7 +40,10 @@ fn static_conv2d_equals_conv2d(device: &<B as Backend>::Device) -> Result<(), St
     };
     let ours = evaluate(pedconv::static_conv2d(&conv, x.clone()));
     let burns = evaluate(conv.forward(x.clone()));
-    for (what, (ours, burns)) in ["output", "input gradient"].iter().zip(ours.iter().zip(&burns)) {
+    for (what, (ours, burns)) in ["output", "input gradient"]
+        .iter()
+        .zip(ours.iter().zip(&burns))
+    {
         let scale = burns.iter::<f32>().fold(0f32, |m, v| m.max(v.abs()));
         let tolerance = Tolerance::absolute(1e-4 * scale);
         std::panic::catch_unwind(|| ours.assert_approx_eq::<f32>(burns, tolerance))

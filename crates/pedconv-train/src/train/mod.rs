@@ -6,6 +6,7 @@ mod events;
 mod loss_scale;
 mod objective;
 mod progress;
+mod report;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -31,11 +32,19 @@ use crate::data::loader::EpochLoader;
 use crate::data::Split;
 use crate::run_dir::{self, write_file, write_json, DurableRecorder};
 use crate::schedule::Schedule;
+
+/// What burn's learner trains: the classifier, the recipe's optimizer and schedule.
+type Components<B> = burn::train::LearningComponentsMarker<
+    B,
+    Schedule,
+    Classifier<B>,
+    burn::optim::adaptor::OptimizerAdaptor<pedconv::optim::MomentumSgd, Classifier<B>, B>,
+>;
 use checkpoints::{checkpoint_file, saved_epochs, KeepLastAndBest};
 pub use objective::{Classifier, GradientReduction};
-use progress::{
-    read_journal, rewrite_journal, EpochLog, EpochRecord, LineRenderer, RunFiles, RunLog,
-};
+use progress::{read_journal, rewrite_journal, EpochLog, LineRenderer, RunFiles, RunLog};
+pub use report::best_of;
+use report::finish;
 
 /// A training run to launch on a backend.
 pub struct Training {
@@ -175,13 +184,46 @@ fn train<B: AutodiffBackend>(
     config
         .precision
         .check::<B::InnerBackend>(&job.backend_name, &device)?;
-    let data = config.data.open(config.seed)?;
-    config.check_data(data.classes, data.train.source.len())?;
     let optimizer = config.optimizer().init();
     let resume_from = match job.resume_from {
         0 => 0,
         newest => newest_readable_checkpoint(&job.output, newest, &optimizer, &device)?,
     };
+    let (run, schedule) = prepare::<B>(&job, resume_from, &model)?;
+    let started = Instant::now();
+    let learned = learn(
+        &job,
+        &run,
+        execution,
+        Learner::new(model, optimizer, schedule),
+    );
+    finish(&job, &run, learned, started.elapsed().as_secs_f64())
+}
+
+/// What a run has ready when burn-train's learner starts.
+struct Prepared<B: AutodiffBackend> {
+    resume_from: usize,
+    train_loader: Arc<EpochLoader<B>>,
+    valid_loader: Arc<EpochLoader<B::InnerBackend>>,
+    /// The images of each split that could not be read.
+    bad: [Arc<BadImages>; 2],
+    interrupter: Interrupter,
+    /// The `k` of the top-k accuracy: 5, or fewer classes.
+    top_k: usize,
+    log: Arc<Mutex<RunLog>>,
+}
+
+/// Opens the data, creates the run directory with its configuration and class names, and
+/// makes the loaders, the run log (continued from the journal when resuming, with float16's
+/// loss scale) and the learning-rate schedule.
+fn prepare<B: AutodiffBackend>(
+    job: &Training,
+    resume_from: usize,
+    model: &Classifier<B>,
+) -> Result<(Prepared<B>, Schedule), String> {
+    let config = &job.config;
+    let data = config.data.open(config.seed)?;
+    config.check_data(data.classes, data.train.source.len())?;
     // Only a run that can start leaves a directory behind.
     std::fs::create_dir_all(&job.output)
         .map_err(|e| format!("cannot create {}: {e}", job.output.display()))?;
@@ -194,10 +236,7 @@ fn train<B: AutodiffBackend>(
     }
     let interrupter = Interrupter::new();
     let fraction = config.data.max_bad_fraction;
-    let (bad_train, bad_valid) = (
-        bad_images(&data.train, fraction, &interrupter),
-        bad_images(&data.valid, fraction, &interrupter),
-    );
+    let bad = [&data.train, &data.valid].map(|split| bad_images(split, fraction, &interrupter));
     // The images of a batch are decoded by the batcher's `workers` threads; the loaders'
     // orders and augmentations depend on the seed and the epoch alone.
     let batcher = |split: &Split, mixup: f64, bad: &Arc<BadImages>| {
@@ -205,7 +244,7 @@ fn train<B: AutodiffBackend>(
     };
     let first_epoch = resume_from + 1;
     let train_loader = EpochLoader::<B>::new(
-        batcher(&data.train, config.mixup, &bad_train)?,
+        batcher(&data.train, config.mixup, &bad[0])?,
         config.batch_size,
         config.seed,
         true,
@@ -213,7 +252,7 @@ fn train<B: AutodiffBackend>(
         first_epoch,
     );
     let valid_loader = EpochLoader::<B::InnerBackend>::new(
-        batcher(&data.valid, 0.0, &bad_valid)?,
+        batcher(&data.valid, 0.0, &bad[1])?,
         config.batch_size,
         config.seed,
         false,
@@ -244,7 +283,6 @@ fn train<B: AutodiffBackend>(
     ) {
         *loss_scale::locked(shared) = saved;
     }
-    let terminal = std::io::stdout().is_terminal();
     // burn's top-k metric fails for fewer than k classes.
     let top_k = data.classes.min(5);
     let log = Arc::new(Mutex::new(RunLog::new(
@@ -253,162 +291,67 @@ fn train<B: AutodiffBackend>(
         top_k,
         RunFiles {
             output: &job.output,
-            print_lines: !terminal,
+            print_lines: !std::io::stdout().is_terminal(),
         },
         interrupter.clone(),
         model.loss_scale().cloned(),
     )?));
+    let prepared = Prepared {
+        resume_from,
+        train_loader: Arc::new(train_loader),
+        valid_loader: Arc::new(valid_loader),
+        bad,
+        interrupter,
+        top_k,
+        log,
+    };
+    Ok((prepared, schedule))
+}
+
+/// burn-train's supervised training of `learner` on the prepared loaders, with the run's
+/// metrics, checkpoints and renderer: the trained network.
+fn learn<B: AutodiffBackend>(
+    job: &Training,
+    run: &Prepared<B>,
+    execution: ExecutionStrategy<B>,
+    learner: Learner<Components<B>>,
+) -> pedconv::resnet::ResNet<B::InnerBackend> {
+    let config = &job.config;
     let strategy = KeepLastAndBest::new(
         config.keep_checkpoints,
         saved_epochs(&checkpoint_dir(&job.output)),
-        log.clone(),
+        run.log.clone(),
     );
-    let mut training =
-        SupervisedTraining::new(&job.output, Arc::new(train_loader), Arc::new(valid_loader))
-            .metrics((
-                AccuracyMetric::new(),
-                TopKAccuracyMetric::new(top_k),
-                LossMetric::new(),
-            ))
-            .metric_train_numeric(LearningRateMetric::new())
-            .with_metric_logger(EpochLog(log.clone()))
-            .with_file_checkpointer(DurableRecorder::default())
-            .with_checkpointing_strategy(strategy)
-            .with_interrupter(interrupter.clone())
-            .grads_accumulation(config.accumulation())
-            .num_epochs(config.epochs)
-            .with_training_strategy(execution.into());
-    training = if terminal {
+    let mut training = SupervisedTraining::new(
+        &job.output,
+        run.train_loader.clone(),
+        run.valid_loader.clone(),
+    )
+    .metrics((
+        AccuracyMetric::new(),
+        TopKAccuracyMetric::new(run.top_k),
+        LossMetric::new(),
+    ))
+    .metric_train_numeric(LearningRateMetric::new())
+    .with_metric_logger(EpochLog(run.log.clone()))
+    .with_file_checkpointer(DurableRecorder::default())
+    .with_checkpointing_strategy(strategy)
+    .with_interrupter(run.interrupter.clone())
+    .grads_accumulation(config.accumulation())
+    .num_epochs(config.epochs)
+    .with_training_strategy(execution.into());
+    training = if std::io::stdout().is_terminal() {
         training.renderer(TuiMetricsRendererWrapper::new(
-            interrupter.clone(),
-            (resume_from > 0).then_some(resume_from),
+            run.interrupter.clone(),
+            (run.resume_from > 0).then_some(run.resume_from),
         ))
     } else {
         training.renderer(LineRenderer::default())
     };
-    if resume_from > 0 {
-        training = training.checkpoint(resume_from);
+    if run.resume_from > 0 {
+        training = training.checkpoint(run.resume_from);
     }
-    let started = Instant::now();
-    let result = training.launch(Learner::new(model, optimizer, schedule));
-    let wall = started.elapsed().as_secs_f64();
-
-    let log = log.lock().expect("run log");
-    let best = best_of(&log.records);
-    let last = log.records.last().map_or(0, |r| r.epoch);
-    let stop = bad_train
-        .too_many()
-        .or_else(|| bad_valid.too_many())
-        .or_else(|| log.stopped.clone());
-    let finished = stop.is_none() && last == config.epochs;
-    if finished {
-        result
-            .model
-            .net
-            .save_record(job.output.join(run_dir::FINAL_MODEL))
-            .map_err(|e| format!("cannot save the final model: {e}"))?;
-    }
-    let unreadable = [bad_train.count(), bad_valid.count()];
-    if unreadable.iter().any(|&n| n > 0) {
-        println!(
-            "{} training and {} validation images could not be read and were skipped",
-            unreadable[0], unreadable[1]
-        );
-    }
-    write_report(&job, &log.records, best, wall, finished, unreadable)?;
-    let resume_hint = |what: &str| match last_checkpoint(&job.output) {
-        Some(epoch) => format!(
-            "{what}; the last checkpoint is epoch {epoch} ({}); continue with \
-             `pedconv train --resume {}`",
-            model_checkpoint(&job.output, epoch).display(),
-            job.output.display()
-        ),
-        None => format!("{what}; no epoch finished, so there is no checkpoint"),
-    };
-    match stop {
-        Some(reason) => Err(resume_hint(&reason)),
-        None if !finished => {
-            println!("{}", resume_hint("stopped before the last epoch"));
-            Ok(())
-        }
-        None => Ok(()),
-    }
-}
-
-/// The best epoch by validation top-1 (the earliest of equals).
-pub fn best_of(records: &[EpochRecord]) -> Option<(usize, f64)> {
-    records
-        .iter()
-        .map(|r| (r.epoch, r.valid_top1()))
-        .filter(|(_, top1)| top1.is_finite())
-        .fold(None, |best, (epoch, top1)| match best {
-            Some((_, b)) if b >= top1 => best,
-            _ => Some((epoch, top1)),
-        })
-}
-
-/// `report.json`.
-#[derive(serde::Serialize)]
-struct Report<'a> {
-    backend: &'a str,
-    finished: bool,
-    epochs: &'a [EpochRecord],
-    best_top1: Option<f64>,
-    best_epoch: Option<usize>,
-    best_checkpoint: Option<String>,
-    wall_seconds: f64,
-    unreadable_images: Unreadable,
-    images_per_second: f64,
-    config: &'a TrainConfig,
-}
-
-/// Images skipped as unreadable, per split.
-#[derive(serde::Serialize)]
-struct Unreadable {
-    train: usize,
-    valid: usize,
-}
-
-fn write_report(
-    job: &Training,
-    records: &[EpochRecord],
-    best: Option<(usize, f64)>,
-    wall: f64,
-    finished: bool,
-    unreadable: [usize; 2],
-) -> Result<(), String> {
-    let (images, seconds) = records.iter().fold((0.0, 0.0), |(i, s), r| {
-        (
-            i + r.images_per_second * r.train_seconds,
-            s + r.train_seconds,
-        )
-    });
-    let best_checkpoint =
-        best.map(|(epoch, _)| model_checkpoint(&job.output, epoch).display().to_string());
-    let report = Report {
-        backend: &job.backend_name,
-        finished,
-        epochs: records,
-        best_top1: best.map(|(_, top1)| top1),
-        best_epoch: best.map(|(epoch, _)| epoch),
-        best_checkpoint,
-        wall_seconds: wall,
-        unreadable_images: Unreadable {
-            train: unreadable[0],
-            valid: unreadable[1],
-        },
-        images_per_second: images / seconds,
-        config: &job.config,
-    };
-    let path = job.output.join(run_dir::REPORT);
-    write_json(&path, &report)?;
-    if let Some((epoch, top1)) = best {
-        println!(
-            "best validation top-1 {top1:.1}% (epoch {epoch}); report {}",
-            path.display()
-        );
-    }
-    Ok(())
+    training.launch(learner).model.net
 }
 
 #[cfg(test)]

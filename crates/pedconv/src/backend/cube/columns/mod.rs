@@ -165,133 +165,210 @@ where
     I: IntElement,
     BT: BoolElement,
 {
-    let sizes = Sizes::new(operands, layout);
-    let args = ColumnSizes::new(&sizes, layout);
-    let parts = Primitives::new(operands);
-    let dtype = operands.x.dtype();
-    let grad = primitive(grad, dtype);
-    let client = &parts.x.client;
-    let (batch, rank, terms) = (sizes.batch, sizes.rank, sizes.terms());
-    let (channels_in, channels_out) = (sizes.channels_in, sizes.channels_out);
-    let [height, width] = sizes.input_size;
-    let zeros = |shape: [usize; 3]| Tensor::zeros(shape, (&operands.x.device(), dtype));
+    let pass = BackwardPass::new(operands, layout);
+    let grad = primitive(grad, pass.dtype);
+    let sizes = &pass.sizes;
+    let [batch, rank, taps] = [sizes.batch, sizes.rank, sizes.taps()];
+    let group_in = sizes.channels_in / sizes.groups;
 
     // y = Σ_r per_term ⊙ a_out.
-    let grad_output = match per_term.filter(|_| needed.output) {
-        Some(per_term) => {
-            let result = parts.empty(vec![batch, rank, channels_out]);
-            let (count, dim) = parts.grid(terms * channels_out);
-            output_factor_grad_kernel::launch::<R>(
-                client,
-                count,
-                dim,
-                grad.clone().into_tensor_arg(),
-                primitive(per_term, dtype).into_tensor_arg(),
-                result.clone().into_tensor_arg(),
-                args.launch(),
-                parts.dtype(),
-            );
-            wrap(result)
-        }
-        None => zeros([batch, rank, channels_out]),
+    let output = match per_term.filter(|_| needed.output) {
+        Some(per_term) => pass.output_factor(&grad, per_term),
+        None => pass.zeros([batch, rank, sizes.channels_out]),
     };
-    let grad_per_term = parts.empty(vec![
-        sizes.groups,
-        channels_out / sizes.groups,
-        sizes.positions(),
-    ]);
-    let (count, dim) = parts.grid(channels_out * sizes.positions());
-    output_grad_kernel::launch::<R>(
-        client,
-        count,
-        dim,
-        grad.into_tensor_arg(),
-        parts.output.clone().into_tensor_arg(),
-        grad_per_term.clone().into_tensor_arg(),
-        args.launch(),
-        parts.dtype(),
-    );
-    let grad_per_term = wrap::<R, F, I, BT, 3>(grad_per_term);
-
+    let grad_per_term = pass.per_term(grad);
     // per_term = W · columns.
-    let weight = operands.weight.clone().cast(dtype);
-    let grad_weight = if needed.weight {
-        let columns = wrap::<R, F, I, BT, 3>(parts.scaled_columns(&sizes, args)).reshape([
+    let weight = if needed.weight {
+        pass.weight(&grad_per_term)
+    } else {
+        Tensor::zeros(operands.weight.dims(), (&operands.x.device(), pass.dtype))
+    };
+    let grad_columns = pass.columns(grad_per_term);
+    // columns = im2col(x ⊙ a_in) ⊙ a_k.
+    let kernel = if needed.kernel {
+        pass.kernel_factor(&grad_columns)
+    } else {
+        pass.zeros([batch, rank, taps])
+    };
+    let (x, input) = pass.input(grad_columns, needed.input);
+    OperandGradients {
+        x,
+        input: input.unwrap_or_else(|| pass.zeros([batch, rank, group_in])),
+        output,
+        kernel,
+        weight,
+    }
+}
+
+/// What every gradient of the backward pass reads.
+struct BackwardPass<'o, R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> {
+    operands: &'o Operands<Cube<R, F, I, BT>>,
+    sizes: Sizes,
+    args: ColumnSizes,
+    parts: Primitives<R>,
+    dtype: DType,
+}
+
+impl<'o, R, F, I, BT> BackwardPass<'o, R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn new(operands: &'o Operands<Cube<R, F, I, BT>>, layout: &ConvLayout) -> Self {
+        let sizes = Sizes::new(operands, layout);
+        Self {
+            operands,
+            args: ColumnSizes::new(&sizes, layout),
+            sizes,
+            parts: Primitives::new(operands),
+            dtype: operands.x.dtype(),
+        }
+    }
+
+    fn zeros(&self, shape: [usize; 3]) -> Tensor<Cube<R, F, I, BT>, 3> {
+        Tensor::zeros(shape, (&self.operands.x.device(), self.dtype))
+    }
+
+    /// `∂L/∂a_out`, `[B, r, out]`: the output's gradient against `per_term`, summed over the
+    /// output positions.
+    fn output_factor(
+        &self,
+        grad: &CubeTensor<R>,
+        per_term: Tensor<Cube<R, F, I, BT>, 4>,
+    ) -> Tensor<Cube<R, F, I, BT>, 3> {
+        let sizes = &self.sizes;
+        let result = self
+            .parts
+            .empty(vec![sizes.batch, sizes.rank, sizes.channels_out]);
+        let (count, dim) = self.parts.grid(sizes.terms() * sizes.channels_out);
+        output_factor_grad_kernel::launch::<R>(
+            &self.parts.x.client,
+            count,
+            dim,
+            grad.clone().into_tensor_arg(),
+            primitive(per_term, self.dtype).into_tensor_arg(),
+            result.clone().into_tensor_arg(),
+            self.args.launch(),
+            self.parts.dtype(),
+        );
+        wrap(result)
+    }
+
+    /// `∂L/∂per_term`, `[g, out/g, N·Ho·Wo]`: the output's gradient scaled by `a_out` and
+    /// transposed to channels first.
+    fn per_term(&self, grad: CubeTensor<R>) -> Tensor<Cube<R, F, I, BT>, 3> {
+        let sizes = &self.sizes;
+        let channels_out = sizes.channels_out;
+        let result = self.parts.empty(vec![
             sizes.groups,
-            sizes.group_rows(),
+            channels_out / sizes.groups,
             sizes.positions(),
         ]);
+        let (count, dim) = self.parts.grid(channels_out * sizes.positions());
+        output_grad_kernel::launch::<R>(
+            &self.parts.x.client,
+            count,
+            dim,
+            grad.into_tensor_arg(),
+            self.parts.output.clone().into_tensor_arg(),
+            result.clone().into_tensor_arg(),
+            self.args.launch(),
+            self.parts.dtype(),
+        );
+        wrap(result)
+    }
+
+    /// `∂L/∂W`: the per-term gradient against the recomputed scaled columns.
+    fn weight(&self, grad_per_term: &Tensor<Cube<R, F, I, BT>, 3>) -> Tensor<Cube<R, F, I, BT>, 4> {
+        let sizes = &self.sizes;
+        let columns = wrap::<R, F, I, BT, 3>(self.parts.scaled_columns(sizes, self.args))
+            .reshape([sizes.groups, sizes.group_rows(), sizes.positions()]);
         grad_per_term
             .clone()
             .matmul(columns.swap_dims(1, 2))
-            .reshape(operands.weight.dims())
-    } else {
-        Tensor::zeros(operands.weight.dims(), (&operands.x.device(), dtype))
-    };
-    let grad_columns = sizes
-        .weight_matrices(weight)
-        .swap_dims(1, 2)
-        .matmul(grad_per_term);
-    let grad_columns = primitive(grad_columns, dtype);
+            .reshape(self.operands.weight.dims())
+    }
 
-    // columns = im2col(x ⊙ a_in) ⊙ a_k.
-    let grad_kernel = if needed.kernel {
-        let partial = parts.empty(vec![terms, sizes.taps(), channels_in]);
-        let (count, dim) = parts.grid(terms * sizes.taps() * channels_in);
+    /// `∂L/∂columns`, `[g, in/g·kh·kw, N·Ho·Wo]`: `Wᵀ` times the per-term gradient.
+    fn columns(&self, grad_per_term: Tensor<Cube<R, F, I, BT>, 3>) -> CubeTensor<R> {
+        let weight = self.operands.weight.clone().cast(self.dtype);
+        let grad_columns = self
+            .sizes
+            .weight_matrices(weight)
+            .swap_dims(1, 2)
+            .matmul(grad_per_term);
+        primitive(grad_columns, self.dtype)
+    }
+
+    /// `∂L/∂a_k`, `[B, r, kh·kw]`: the column gradient against the scaled input, reduced per
+    /// tap without a column-sized product.
+    fn kernel_factor(&self, grad_columns: &CubeTensor<R>) -> Tensor<Cube<R, F, I, BT>, 3> {
+        let sizes = &self.sizes;
+        let (terms, taps) = (sizes.terms(), sizes.taps());
+        let partial = self.parts.empty(vec![terms, taps, sizes.channels_in]);
+        let (count, dim) = self.parts.grid(terms * taps * sizes.channels_in);
         kernel_factor_grad_kernel::launch::<R>(
-            client,
+            &self.parts.x.client,
             count,
             dim,
             grad_columns.clone().into_tensor_arg(),
-            parts.x.clone().into_tensor_arg(),
-            parts.input.clone().into_tensor_arg(),
+            self.parts.x.clone().into_tensor_arg(),
+            self.parts.input.clone().into_tensor_arg(),
             partial.clone().into_tensor_arg(),
-            args.launch(),
-            parts.dtype(),
+            self.args.launch(),
+            self.parts.dtype(),
         );
         wrap::<R, F, I, BT, 3>(partial)
             .sum_dim(2)
-            .reshape([batch, rank, sizes.taps()])
-    } else {
-        zeros([batch, rank, sizes.taps()])
-    };
-    let grad_x = parts.empty(vec![batch, channels_in, height, width]);
-    let products = if needed.input {
-        parts.empty(vec![terms, channels_in, height, width])
-    } else {
-        parts.empty(vec![1])
-    };
-    let (count, dim) = parts.grid(batch * channels_in * height * width);
-    input_grad_kernel::launch::<R>(
-        client,
-        count,
-        dim,
-        grad_columns.into_tensor_arg(),
-        parts.x.clone().into_tensor_arg(),
-        parts.input.clone().into_tensor_arg(),
-        parts.kernel.clone().into_tensor_arg(),
-        grad_x.clone().into_tensor_arg(),
-        products.clone().into_tensor_arg(),
-        args.launch(),
-        needed.input,
-        parts.dtype(),
-    );
-    let group_in = channels_in / sizes.groups;
-    let grad_input = if needed.input {
-        wrap::<R, F, I, BT, 4>(products)
-            .reshape([terms, sizes.groups, group_in, height * width])
-            .sum_dim(3)
-            .sum_dim(1)
-            .reshape([batch, rank, group_in])
-    } else {
-        zeros([batch, rank, group_in])
-    };
-    OperandGradients {
-        x: wrap(grad_x),
-        input: grad_input,
-        output: grad_output,
-        kernel: grad_kernel,
-        weight: grad_weight,
+            .reshape([sizes.batch, sizes.rank, taps])
+    }
+
+    /// `∂L/∂x` by a gather-form col2im that sums every input pixel's taps with their scales,
+    /// and, where `input` asks for it, `∂L/∂a_in` `[B, r, in/g]` from the same pass's products
+    /// with the input.
+    fn input(
+        &self,
+        grad_columns: CubeTensor<R>,
+        input: bool,
+    ) -> (
+        Tensor<Cube<R, F, I, BT>, 4>,
+        Option<Tensor<Cube<R, F, I, BT>, 3>>,
+    ) {
+        let sizes = &self.sizes;
+        let (batch, channels_in, terms) = (sizes.batch, sizes.channels_in, sizes.terms());
+        let [height, width] = sizes.input_size;
+        let grad_x = self.parts.empty(vec![batch, channels_in, height, width]);
+        let products = if input {
+            self.parts.empty(vec![terms, channels_in, height, width])
+        } else {
+            self.parts.empty(vec![1])
+        };
+        let (count, dim) = self.parts.grid(batch * channels_in * height * width);
+        input_grad_kernel::launch::<R>(
+            &self.parts.x.client,
+            count,
+            dim,
+            grad_columns.into_tensor_arg(),
+            self.parts.x.clone().into_tensor_arg(),
+            self.parts.input.clone().into_tensor_arg(),
+            self.parts.kernel.clone().into_tensor_arg(),
+            grad_x.clone().into_tensor_arg(),
+            products.clone().into_tensor_arg(),
+            self.args.launch(),
+            input,
+            self.parts.dtype(),
+        );
+        let group_in = channels_in / sizes.groups;
+        let grad_input = input.then(|| {
+            wrap::<R, F, I, BT, 4>(products)
+                .reshape([terms, sizes.groups, group_in, height * width])
+                .sum_dim(3)
+                .sum_dim(1)
+                .reshape([batch, sizes.rank, group_in])
+        });
+        (wrap(grad_x), grad_input)
     }
 }
 
