@@ -30,7 +30,7 @@ failed=0
 no_gpu=""       # why the GPU steps cannot run, once the preflight has found out
 no_torch=""     # why the PyTorch steps cannot run
 
-for name in pedconv pedconv-ddp lib-tests suite; do
+for name in pedconv pedconv-ddp downstream lib-tests suite; do
     if ! gzip -dc "$check/bin/$name.gz" > "$bin/$name"; then
         echo "gpu-check: cannot unpack $check/bin/$name.gz: build the check with \`cargo xtask gpu-check\`" >&2
         exit 2
@@ -232,6 +232,10 @@ write_notes() {
         echo
         log_tail train-ddp 12
         echo
+        echo "## A user's crate with burn's default features (tests/downstream) on CUDA"
+        echo
+        log_tail downstream 12
+        echo
         echo "## pedconv bench, bfloat16"
         echo
         bench_tables bench-bf16
@@ -269,6 +273,7 @@ step kernels 90 gpu "$bin/lib-tests" --test-threads=1
 step train 60 gpu "$bin/pedconv" train --backend cuda --config short-synthetic.json --output train
 step train-ddp 60 gpu "$bin/pedconv-ddp" train --backend cuda --devices 0 \
     --config short-synthetic.json --output train-ddp
+step downstream 45 gpu "$bin/downstream"
 step bench-bf16 90 gpu "$bin/pedconv" bench --backend cuda --layers none --networks r18 \
     --settings 128x224 --precision bf16 --reps 5 --output bench-bf16
 step torch-golden 30 torch python3 "$root/bench/torch_reference.py" check-golden \

@@ -2,7 +2,8 @@
 //! that runs them on one with an NVIDIA GPU and no internet.
 //!
 //! Built into `gpu-check/` (ignored by git): `pedconv` with the CUDA backend and burn's fusion,
-//! its DDP build (`--features ddp`), the library's unit tests (their GPU backend is then CUDA)
+//! its DDP build (`--features ddp`), the downstream crate (`tests/downstream`) on burn's
+//! default `Cuda`, the library's unit tests (their GPU backend is then CUDA)
 //! and its CUDA suite (`suite-cuda`), release-built, stripped and gzipped, and `run.sh`
 //! (`gpu-check-run.sh` here), which says what it runs, in what order and under which deadline.
 //! `docs/gpu-check.md` is the user's account of it.
@@ -60,6 +61,23 @@ pub fn build() -> Result<(), String> {
         let built = Path::new(TARGET).join("release/pedconv");
         compress(&built, &bin.join(format!("{name}.gz")))?;
     }
+    // A user's crate with burn's default features, on `burn::backend::Cuda`.
+    run_cargo(
+        &[
+            "build",
+            "--release",
+            "--manifest-path",
+            "tests/downstream/Cargo.toml",
+            "--no-default-features",
+            "--features",
+            "burn-defaults,cuda",
+            "--target-dir",
+            TARGET,
+        ],
+        &STRIPPED,
+    )?;
+    let built = Path::new(TARGET).join("release/pedconv-downstream");
+    compress(&built, &bin.join("downstream.gz"))?;
     let tests = test_executables()?;
     for (name, path) in &tests {
         compress(path, &bin.join(format!("{name}.gz")))?;
@@ -252,7 +270,7 @@ mod tests {
         let root = workspace_root().unwrap();
         let config = "configs/pedconv-resnet18-synthetic.json";
         fs::copy(root.join(config), tree.join(config)).unwrap();
-        for name in ["pedconv", "pedconv-ddp", "lib-tests", "suite"] {
+        for name in ["pedconv", "pedconv-ddp", "downstream", "lib-tests", "suite"] {
             let plain = bin.join(name);
             fs::write(&plain, "not a program").unwrap();
             compress(&plain, &bin.join(format!("{name}.gz"))).unwrap();
@@ -286,6 +304,7 @@ mod tests {
             "kernels",
             "train",
             "train-ddp",
+            "downstream",
             "bench-bf16",
             "torch-bench",
             "bench",

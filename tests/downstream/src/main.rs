@@ -1,11 +1,12 @@
-//! pedconv used from a crate of one's own on wgpu, with burn's default features: trains the
-//! library's operator example (`PedConv2d` beside burn's `Conv2d`, `Autodiff<Wgpu>`, burn's
-//! SGD) and checks `pedconv::static_conv2d` and `MomentumSgd` against burn's `Conv2d` and `Sgd`
-//! on the same backend. Exits with an error where any of them fails.
+//! pedconv used from a crate of one's own on wgpu (CUDA with the `cuda` feature), with burn's
+//! default features: trains the library's operator example (`PedConv2d` beside burn's `Conv2d`,
+//! `Autodiff` over the GPU backend, burn's SGD) and checks `pedconv::static_conv2d` and
+//! `MomentumSgd` against burn's `Conv2d` and `Sgd` on the same backend. Exits with an error
+//! where any of them fails.
 
 use std::process::ExitCode;
 
-use burn::backend::{Autodiff, Wgpu};
+use burn::backend::Autodiff;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::optim::momentum::MomentumConfig;
@@ -18,7 +19,13 @@ use pedconv::optim::MomentumSgd;
 #[allow(dead_code)] // the example's own `main` trains on the CPU
 mod swap_conv;
 
-type B = Autodiff<Wgpu>;
+/// The GPU backend, as burn's features make it.
+#[cfg(not(feature = "cuda"))]
+type Gpu = burn::backend::Wgpu;
+#[cfg(feature = "cuda")]
+type Gpu = burn::backend::Cuda;
+
+type B = Autodiff<Gpu>;
 
 /// Validation accuracy the example must reach in `EPOCHS` (chance is 25 %).
 const ACCURACY: f64 = 0.8;
@@ -55,7 +62,7 @@ fn static_conv2d_equals_conv2d(device: &<B as Backend>::Device) -> Result<(), St
 /// Three steps of `MomentumSgd` against burn's `Sgd` with the same momentum and no
 /// dampening, on the backend the optimizer runs on: within 1e-5 (a fused multiply-add rounds
 /// once less).
-fn momentum_sgd_equals_sgd(device: &<Wgpu as Backend>::Device) -> Result<(), String> {
+fn momentum_sgd_equals_sgd(device: &<Gpu as Backend>::Device) -> Result<(), String> {
     let ours = MomentumSgd {
         momentum: 0.875,
         nesterov: false,
@@ -66,8 +73,8 @@ fn momentum_sgd_equals_sgd(device: &<Wgpu as Backend>::Device) -> Result<(), Str
                 .with_momentum(ours.momentum)
                 .with_dampening(0.0),
         ))
-        .build::<Wgpu>();
-    let draw = || Tensor::<Wgpu, 2>::random([33, 70], Distribution::Normal(0.0, 1.0), device);
+        .build::<Gpu>();
+    let draw = || Tensor::<Gpu, 2>::random([33, 70], Distribution::Normal(0.0, 1.0), device);
     let (mut param, mut reference) = (draw(), None);
     let mut expected = param.clone();
     let mut state = None;
@@ -85,7 +92,7 @@ fn momentum_sgd_equals_sgd(device: &<Wgpu as Backend>::Device) -> Result<(), Str
 }
 
 fn main() -> ExitCode {
-    println!("backend: {}", std::any::type_name::<Wgpu>());
+    println!("backend: {}", std::any::type_name::<Gpu>());
     let device = Default::default();
     let checks = [
         ("static_conv2d", static_conv2d_equals_conv2d(&device)),
