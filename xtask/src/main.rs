@@ -48,9 +48,10 @@ fn test() -> Result<(), String> {
 fn downstream() -> Result<(), String> {
     cargo(&[
         "run",
-        "--release",
         "--manifest-path",
         "tests/downstream/Cargo.toml",
+        "--target-dir",
+        "target",
     ])
 }
 
