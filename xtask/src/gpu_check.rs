@@ -43,7 +43,7 @@ pub fn build() -> Result<(), String> {
     let bin = Path::new(DIR).join("bin");
     fs::create_dir_all(&bin).map_err(|e| format!("cannot create {}: {e}", bin.display()))?;
 
-    for (name, features) in [("pedconv", "cuda,fusion"), ("pedconv-ddp", "ddp,fusion")] {
+    for (name, features) in [("pedconv", "cuda,fusion"), ("pedconv-ddp", "ddp")] {
         run_cargo(
             &[
                 "build",
