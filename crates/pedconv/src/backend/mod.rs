@@ -154,14 +154,24 @@ impl PedConvBackend for burn::backend::NdArray {}
 /// backward pass, so that both run the same code and agree on what the forward keeps.
 pub(crate) struct Columns<B: Backend> {
     pub forward: fn(&Operands<B>, &ConvLayout, bool) -> ColumnsForward<B>,
-    pub backward: fn(
-        Operands<B>,
-        Option<Tensor<B, 4>>,
-        &ConvLayout,
-        Tensor<B, 4>,
-        Needed,
-    ) -> OperandGradients<B>,
+    pub backward: ColumnsBackward<B>,
 }
+
+/// [`PedConvBackend::columns_backward`] of a backend.
+type ColumnsBackward<B> =
+    fn(Operands<B>, Option<Tensor<B, 4>>, &ConvLayout, Tensor<B, 4>, Needed) -> OperandGradients<B>;
+
+/// [`PedConvBackend::momentum_sgd_step`] of a backend.
+type SgdStep<B> = fn(
+    &MomentumSgd,
+    LearningRate,
+    Tensor<B, 1>,
+    Tensor<B, 1>,
+    Option<Tensor<B, 1>>,
+) -> (Tensor<B, 1>, Tensor<B, 1>);
+
+/// [`PedConvBackend::batch_norm`] of a backend.
+type BatchNormOp<B> = fn(&BatchNorm<B>, Tensor<B, 4>, Epilogue<B>) -> Tensor<B, 4>;
 
 impl<B: PedConvBackend> Columns<B> {
     /// `B`'s own.
@@ -188,15 +198,8 @@ pub(crate) struct Ops<B: Backend> {
     pub class: BackendClass,
     pub path_output: fn(&Formulation, Operands<B>) -> Tensor<B, 4>,
     pub activation: fn(Tensor<B, 1>, Activation) -> Tensor<B, 1>,
-    #[allow(clippy::type_complexity)]
-    pub momentum_sgd_step: fn(
-        &MomentumSgd,
-        LearningRate,
-        Tensor<B, 1>,
-        Tensor<B, 1>,
-        Option<Tensor<B, 1>>,
-    ) -> (Tensor<B, 1>, Tensor<B, 1>),
-    pub batch_norm: fn(&BatchNorm<B>, Tensor<B, 4>, Epilogue<B>) -> Tensor<B, 4>,
+    pub momentum_sgd_step: SgdStep<B>,
+    pub batch_norm: BatchNormOp<B>,
     pub epilogue: fn(Tensor<B, 4>, Epilogue<B>) -> Tensor<B, 4>,
     pub max_pool: fn(&MaxPool2d, Tensor<B, 4>) -> Tensor<B, 4>,
 }

@@ -43,26 +43,27 @@ fn step_kernel<F: Float>(
     new_velocity[ABSOLUTE_POS] = F::cast_from(v);
 }
 
+/// A flattened parameter, gradient or velocity.
+type Flat<R, F, I, BT> = burn::tensor::Tensor<CubeBackend<R, F, I, BT>, 1>;
+
+/// The new parameter and velocity.
+type Updated<R, F, I, BT> = (Flat<R, F, I, BT>, Flat<R, F, I, BT>);
+
 /// The new parameter and velocity; the three tensors share one float type.
 pub(super) fn step<R, F, I, BT>(
     sgd: &MomentumSgd,
     lr: LearningRate,
-    param: burn::tensor::Tensor<CubeBackend<R, F, I, BT>, 1>,
-    grad: burn::tensor::Tensor<CubeBackend<R, F, I, BT>, 1>,
-    velocity: Option<burn::tensor::Tensor<CubeBackend<R, F, I, BT>, 1>>,
-) -> (
-    burn::tensor::Tensor<CubeBackend<R, F, I, BT>, 1>,
-    burn::tensor::Tensor<CubeBackend<R, F, I, BT>, 1>,
-)
+    param: Flat<R, F, I, BT>,
+    grad: Flat<R, F, I, BT>,
+    velocity: Option<Flat<R, F, I, BT>>,
+) -> Updated<R, F, I, BT>
 where
     R: CubeRuntime,
     F: FloatElement,
     I: IntElement,
     BT: BoolElement,
 {
-    let primitive = |tensor: burn::tensor::Tensor<CubeBackend<R, F, I, BT>, 1>| {
-        into_contiguous(tensor.into_primitive().tensor())
-    };
+    let primitive = |tensor: Flat<R, F, I, BT>| into_contiguous(tensor.into_primitive().tensor());
     let (param, grad) = (primitive(param), primitive(grad));
     let velocity = velocity.map(primitive);
     let (new_param, new_velocity) = (empty(&param, param.shape()), empty(&param, param.shape()));

@@ -200,6 +200,12 @@ where
     }
 }
 
+/// `∂L/∂x` and, where asked for, `∂L/∂a_in`.
+type InputGradients<R, F, I, BT> = (
+    Tensor<Cube<R, F, I, BT>, 4>,
+    Option<Tensor<Cube<R, F, I, BT>, 3>>,
+);
+
 /// What every gradient of the backward pass reads.
 struct BackwardPass<'o, R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> {
     operands: &'o Operands<Cube<R, F, I, BT>>,
@@ -328,14 +334,7 @@ where
     /// `∂L/∂x` by a gather-form col2im that sums every input pixel's taps with their scales,
     /// and, where `input` asks for it, `∂L/∂a_in` `[B, r, in/g]` from the same pass's products
     /// with the input.
-    fn input(
-        &self,
-        grad_columns: CubeTensor<R>,
-        input: bool,
-    ) -> (
-        Tensor<Cube<R, F, I, BT>, 4>,
-        Option<Tensor<Cube<R, F, I, BT>, 3>>,
-    ) {
+    fn input(&self, grad_columns: CubeTensor<R>, input: bool) -> InputGradients<R, F, I, BT> {
         let sizes = &self.sizes;
         let (batch, channels_in, terms) = (sizes.batch, sizes.channels_in, sizes.terms());
         let [height, width] = sizes.input_size;
