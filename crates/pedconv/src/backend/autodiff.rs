@@ -26,7 +26,7 @@ use super::{BackendClass, Columns, PedConvBackend};
 use crate::activation::Activation;
 use crate::attention::AttentionFactors;
 use crate::norm::Epilogue;
-use crate::paths::{Formulation, Needed, Operands};
+use crate::paths::{float_tensor, Formulation, Needed, Operands};
 
 impl<B: PedConvBackend, C: CheckpointStrategy> PedConvBackend for Autodiff<B, C> {
     fn class() -> BackendClass {
@@ -56,11 +56,6 @@ impl<B: PedConvBackend, C: CheckpointStrategy> PedConvBackend for Autodiff<B, C>
     fn max_pool(pool: &MaxPool2d, x: Tensor<Self, 4>) -> Tensor<Self, 4> {
         B::tracked_max_pool(pool, x)
     }
-}
-
-/// A float tensor of a backend's primitive.
-fn float_tensor<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
 /// The path's forward on the inner backend, registered in the autodiff graph with

@@ -9,7 +9,7 @@
 
 use core::marker::PhantomData;
 
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn::tensor::{Shape, Tensor};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
@@ -17,7 +17,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use super::{BackendClass, PedConvBackend};
 use crate::attention::AttentionFactors;
 use crate::paths::columns::{ColumnsForward, Sizes};
-use crate::paths::{ConvLayout, Needed, OperandGradients, Operands};
+use crate::paths::{float_tensor, ConvLayout, Needed, OperandGradients, Operands};
 
 impl<B: FusionBackend + PedConvBackend> PedConvBackend for Fusion<B> {
     fn class() -> BackendClass {
@@ -133,13 +133,6 @@ fn primitives<B: FusionBackend>(
 fn dims4<B: burn::tensor::backend::Backend>(factor: &Tensor<B, 3>) -> [usize; 4] {
     let [batch, rank, entries] = factor.dims();
     [batch, rank, entries, 1]
-}
-
-/// A float tensor of a backend's primitive.
-fn float_tensor<B: burn::tensor::backend::Backend, const D: usize>(
-    primitive: B::FloatTensorPrimitive,
-) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
 /// The operands on `B` when the stream executes.

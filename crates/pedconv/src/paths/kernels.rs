@@ -10,7 +10,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
-use super::{OperandGradients, Operands};
+use super::{float_tensor, OperandGradients, Operands};
 use crate::attention::AttentionFactors;
 
 /// The modulation `Σ_r a_out ⊗ (a_in ⊗ a_k)`, `[B, out·in/g·kh·kw]`, and the factor product
@@ -146,9 +146,4 @@ pub(crate) fn backward<B: Backend>(
         kernel: grad_kernel,
         weight: grad_weight,
     }
-}
-
-/// A float tensor of a backend's primitive.
-fn float_tensor<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
-    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(primitive))
 }

@@ -17,7 +17,7 @@ mod tensor_ops;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorPrimitive};
 
 pub(crate) use static_conv::{add_channel_bias, static_convolution};
 use tensor_ops::{expand_terms, im2col, input_scale, pad_zeros, scale_rows, sum_terms};
@@ -213,4 +213,11 @@ pub(crate) fn factorized<B: Backend>(
         1,
     ]);
     sum_terms(scale_rows(per_term, output_scale), rank)
+}
+
+/// A float tensor of a backend's primitive.
+pub(crate) fn float_tensor<B: Backend, const D: usize>(
+    primitive: B::FloatTensorPrimitive,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
