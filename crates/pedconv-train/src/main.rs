@@ -76,6 +76,9 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Write a model as an ONNX file (opset 17; dynamic batch and image size) for other runtimes.
     Export(commands::export::ExportArgs),
+    /// Write an image folder as a packed dataset (WebDataset tar shards with an index) that
+    /// training reads without opening a file per image.
+    Pack(commands::pack::PackArgs),
 }
 
 /// Counts the heap, for `bench`'s peak memory.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => commands::predict::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Pack(args) => commands::pack::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

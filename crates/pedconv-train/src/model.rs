@@ -15,7 +15,6 @@ use pedconv::resnet::{ImportMode, ResNet, ResNetConfig};
 use rayon::prelude::*;
 
 use crate::config::{Precision, TrainConfig};
-use crate::data::transform::eval_image;
 use crate::train::{Classifier, GradientReduction};
 
 /// Whether `path` names a PyTorch checkpoint (by its extension).
@@ -107,22 +106,18 @@ impl ModelSource {
     }
 }
 
-/// The evaluation inputs of `paths`, decoded in parallel (torchvision's `Resize(resize)` +
-/// `CenterCrop(crop)`, normalised) and stacked on `device` (`None` if none could be read), with
-/// the positions of those that could; each unreadable image is reported on stderr.
-pub fn decode_batch<'a, B: Backend>(
-    paths: impl Iterator<Item = &'a Path>,
-    resize: u32,
+/// The evaluation inputs of `count` images, made in parallel by `input(position)` (normalised
+/// `[3, crop, crop]` values) and stacked on `device` (`None` if none could be made), with the
+/// positions of those that could; each error is reported on stderr.
+pub fn decode_batch<B: Backend>(
+    count: usize,
     crop: u32,
     device: &B::Device,
+    input: impl Fn(usize) -> Result<Vec<f32>, String> + Sync,
 ) -> (Option<Tensor<B, 4>>, Vec<usize>) {
-    let paths: Vec<&Path> = paths.collect();
-    let decoded: Vec<Result<Vec<f32>, String>> = paths
-        .par_iter()
-        .map(|path| eval_image(path, resize, crop))
-        .collect();
-    let mut pixels = Vec::with_capacity(paths.len() * 3 * (crop * crop) as usize);
-    let mut read = Vec::with_capacity(paths.len());
+    let decoded: Vec<Result<Vec<f32>, String>> = (0..count).into_par_iter().map(&input).collect();
+    let mut pixels = Vec::with_capacity(count * 3 * (crop * crop) as usize);
+    let mut read = Vec::with_capacity(count);
     for (position, item) in decoded.into_iter().enumerate() {
         match item {
             Ok(values) => {

@@ -832,6 +832,82 @@ fn train_on_an_image_folder_skips_and_counts_unreadable_images() {
     assert_eq!(report(&output)["finished"], true);
 }
 
+/// `pedconv pack` writes a folder as a pack (naming and skipping an unreadable image); training
+/// from the pack sees the folder's images in the folder's order, so it gives the folder run's
+/// metrics; `eval` reads the pack's validation split as it reads the folder's.
+#[test]
+fn a_packed_folder_trains_and_evaluates_as_the_folder() {
+    let data = image_folder("pack", 6);
+    let with_broken = image_folder("pack-broken", 6);
+    std::fs::write(
+        with_broken.join("train/vertical/broken.jpg"),
+        b"\xFF\xD8 no",
+    )
+    .unwrap();
+    let pack = data.join("packed");
+    let (ok, stdout, stderr) = pedconv(&[
+        "pack",
+        "--data",
+        with_broken.to_str().unwrap(),
+        "--output",
+        pack.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("broken.jpg"), "named: {stderr}");
+    assert!(
+        stdout.contains("12 training and 6 validation images (1 skipped"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = pedconv(&[
+        "pack",
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        pack.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("exists already"), "{stderr}");
+
+    let config = folder_config(&data, &data);
+    let train = |data: &Path, output: &Path| {
+        let (ok, _, stderr) = pedconv(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--epochs",
+            "2",
+        ]);
+        assert!(ok, "{stderr}");
+    };
+    let (from_folder, from_pack) = (data.join("run-folder"), data.join("run-pack"));
+    train(&data, &from_folder);
+    train(&pack, &from_pack);
+    assert_same_metrics(&from_folder, &from_pack);
+
+    let eval = |data: &Path| {
+        let (ok, stdout, stderr) = pedconv(&[
+            "eval",
+            "--weights",
+            from_folder.join("model.mpk").to_str().unwrap(),
+            "--config",
+            from_folder.join("config.json").to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--resize",
+            "20",
+            "--crop",
+            "16",
+            "--json",
+        ]);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
+    };
+    assert_eq!(eval(&data), eval(&pack));
+}
+
 #[test]
 fn bad_data_folders_are_named() {
     let dir = scratch("bad-folders");

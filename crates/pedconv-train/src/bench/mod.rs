@@ -1,8 +1,10 @@
 //! `pedconv bench`: per-layer and whole-network cost of PEDConv against static convolutions,
-//! on one backend, reported as JSON and markdown with the PEDConv/static ratios. Each row is
+//! on one backend, reported as JSON and markdown with the PEDConv/static ratios; and the
+//! training input pipeline alone ([`input`]). Each row is
 //! also appended to `bench.jsonl` as soon as it is measured, so that a run stopped part-way
 //! keeps what it measured.
 
+pub mod input;
 pub mod memory;
 mod report;
 
@@ -26,6 +28,7 @@ use crate::backend::{BackendJob, JobBackend};
 use crate::config::{Precision, TrainConfig};
 use crate::data::{Batch, DataConfig, DataSource};
 use crate::train::{Classifier, GradientReduction};
+use input::{InputBench, InputRow, ScanRow};
 use memory::{measure, Measure};
 use report::RowLog;
 
@@ -50,6 +53,8 @@ pub struct Bench {
     pub backend: String,
     /// The float type the whole networks compute in (the layers: float32).
     pub precision: Precision,
+    /// The input pipeline's measurements, if any (before the networks').
+    pub input: Option<InputBench>,
     /// The directory of `bench.jsonl`, `bench.json` and `bench.md`.
     pub output: PathBuf,
 }
@@ -111,6 +116,8 @@ pub struct BenchReport {
     pub precision: Precision,
     pub layers: Vec<LayerRow>,
     pub networks: Vec<NetworkRow>,
+    pub input: Vec<InputRow>,
+    pub scan: Vec<ScanRow>,
 }
 
 /// The operator of the rows measuring [`pedconv::static_conv2d`], the static convolution as the
@@ -137,6 +144,10 @@ impl BackendJob for Bench {
             self.precision.check::<B>(&self.backend, &device)?;
         }
         let mut log = RowLog::create(&self.output)?;
+        let (input, scan) = match &self.input {
+            Some(bench) => bench.run(&mut log)?,
+            None => Default::default(),
+        };
         let mut layers = Vec::new();
         for &depth in &self.layer_networks {
             for row in bench_layers::<B>(&self, depth, &device) {
@@ -168,6 +179,8 @@ impl BackendJob for Bench {
             precision: self.precision,
             layers,
             networks,
+            input,
+            scan,
         })
     }
 }
@@ -346,12 +359,12 @@ fn bench_network<B: JobBackend, C: CheckpointStrategy>(
     }
 }
 
-/// Random normal images with one-hot targets, on the CPU (the step moves them to the device,
-/// as in training).
+/// Random 8-bit images with one-hot targets, on the CPU (the step moves them to the device and
+/// normalises them there, as in training).
 fn synthetic_batch(batch: usize, size: usize, classes: usize) -> Batch {
     let mut rng = crate::data::rng::Rng::new(1);
-    let images: Vec<f32> = (0..batch * 3 * size * size)
-        .map(|_| rng.normal() as f32)
+    let images: Vec<u8> = (0..batch * 3 * size * size)
+        .map(|_| rng.below(256) as u8)
         .collect();
     let labels: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
     let mut targets = vec![0.0f32; batch * classes];
@@ -360,6 +373,7 @@ fn synthetic_batch(batch: usize, size: usize, classes: usize) -> Batch {
     }
     Batch {
         images: TensorData::new(images, [batch, 3, size, size]),
+        mixup: None,
         targets: TensorData::new(targets, [batch, classes]),
         labels,
         noise_seed: 1,

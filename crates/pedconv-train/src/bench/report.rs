@@ -94,6 +94,9 @@ impl BenchReport {
                 );
             }
         }
+        if !self.input.is_empty() {
+            out += &self.input_markdown();
+        }
         if !self.networks.is_empty() {
             out += &format!(
                 "\n### Networks (width {}, computing in {}, autodiff checkpointing {:?}; inference with the batch norms folded)\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
@@ -129,6 +132,44 @@ impl BenchReport {
                         row.inference.peak(),
                     );
                 }
+            }
+        }
+        out
+    }
+
+    /// The input pipeline's tables: images per second with where the CPU time goes, and the
+    /// folder scans.
+    fn input_markdown(&self) -> String {
+        let mut out = "\n### Input pipeline (random resized crop, flip, [AutoAugment], 8-bit batches; CPU ms per image by stage, summed over threads)\n\n| source | threads | AutoAugment | images | img/s | read | decode | crop+resize | augment | assemble |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n".to_string();
+        for row in &self.input {
+            let ms = row.stages_ms;
+            out += &format!(
+                "| {} {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                row.source,
+                row.path.display(),
+                row.threads,
+                row.auto_augment,
+                row.images,
+                row.images_per_second,
+                ms.read,
+                ms.decode,
+                ms.crop_resize,
+                ms.augment,
+                ms.assemble
+            );
+        }
+        if !self.scan.is_empty() {
+            out += "\n| folder scanned (train/) | images | seconds | list MiB | s per million images | MiB per million images |\n| --- | ---: | ---: | ---: | ---: | ---: |\n";
+            for row in &self.scan {
+                out += &format!(
+                    "| {} | {} | {:.3} | {:.2} | {:.2} | {:.1} |\n",
+                    row.path.display(),
+                    row.images,
+                    row.seconds,
+                    row.list_bytes as f64 / (1 << 20) as f64,
+                    row.seconds_per_million,
+                    row.mib_per_million
+                );
             }
         }
         out

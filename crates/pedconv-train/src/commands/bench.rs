@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use pedconv::resnet::ResNetDepth;
 
 use crate::backend::dispatch;
+use crate::bench::input::InputBench;
 use crate::bench::{Bench, Checkpointing};
 use crate::run_dir;
 
@@ -16,15 +17,16 @@ pub struct BenchArgs {
     #[command(flatten)]
     on: DeviceArgs,
     /// Networks whose PEDConv layer shapes (at 224×224) are measured one by one, comma-separated
-    /// (`r18`, `r34`, `r50`, `r101`), or `none`.
-    #[arg(long, default_value = "r18,r50")]
-    layers: String,
+    /// (`r18`, `r34`, `r50`, `r101`), or `none`. Default: `r18,r50`, or `none` with `--input`.
+    #[arg(long)]
+    layers: Option<String>,
     /// Batch of the per-layer measurements.
     #[arg(long, default_value_t = 8)]
     layer_batch: usize,
-    /// Networks measured whole, static and PEDConv, comma-separated, or `none`.
-    #[arg(long, default_value = "r18")]
-    networks: String,
+    /// Networks measured whole, static and PEDConv, comma-separated, or `none`. Default: `r18`,
+    /// or `none` with `--input`.
+    #[arg(long)]
+    networks: Option<String>,
     /// `BATCHxSIDE` settings of the whole-network measurements, comma-separated.
     #[arg(long, default_value = "16x224,64x64")]
     settings: String,
@@ -37,6 +39,17 @@ pub struct BenchArgs {
     /// burn's autodiff checkpointing in the whole-network training steps.
     #[arg(long, value_enum, default_value_t = Checkpointing::None)]
     checkpointing: Checkpointing,
+    /// Measure the training input pipeline alone (no model) on this image folder or packed
+    /// dataset (`pedconv pack`); repeat the flag to measure several in one run.
+    #[arg(long)]
+    input: Vec<PathBuf>,
+    /// Thread counts of the input measurements, comma-separated. Default: 1 and all cores.
+    #[arg(long, value_delimiter = ',')]
+    input_threads: Option<Vec<usize>>,
+    /// Images per timed pass of the input measurements (the first of the training split).
+    /// Default: all of them.
+    #[arg(long)]
+    input_images: Option<usize>,
     /// Directory for `bench.jsonl` (each row as it is measured), `bench.json` and `bench.md`.
     /// Default: the first free `runs/bench-N`.
     #[arg(long)]
@@ -88,16 +101,44 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.reps == 0 || args.layer_batch == 0 || args.width.is_nan() || args.width <= 0.0 {
         return Err("--reps, --layer-batch and --width must be positive".into());
     }
+    let model_default = |default: &'static str| {
+        if args.input.is_empty() {
+            default
+        } else {
+            "none"
+        }
+    };
+    let layers = args.layers.as_deref().unwrap_or(model_default("r18,r50"));
+    let networks = args.networks.as_deref().unwrap_or(model_default("r18"));
+    let input = (!args.input.is_empty()).then(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut threads = args.input_threads.clone().unwrap_or_else(|| vec![1, cores]);
+        threads.dedup();
+        InputBench {
+            sources: args.input.clone(),
+            threads,
+            images: args.input_images,
+            batch: 64,
+            crop: 224,
+            reps: args.reps,
+        }
+    });
+    if let Some(bench) = &input {
+        if bench.threads.contains(&0) || bench.images == Some(0) {
+            return Err("--input-threads and --input-images must be positive".into());
+        }
+    }
     let job = Bench {
-        layer_networks: parse_depths("--layers", &args.layers)?,
+        layer_networks: parse_depths("--layers", layers)?,
         layer_batch: args.layer_batch,
-        networks: parse_depths("--networks", &args.networks)?,
+        networks: parse_depths("--networks", networks)?,
         settings: parse_settings(&args.settings)?,
         width: args.width,
         reps: args.reps,
         checkpointing: args.checkpointing,
         backend: args.on.backend.name().to_string(),
         precision: args.on.precision,
+        input,
         output: args
             .output
             .unwrap_or_else(|| run_dir::free_run_dir("bench")),

@@ -1,10 +1,17 @@
-//! `pedconv eval`: top-1, top-5 and loss of a ResNet on the validation split of an image folder.
+//! `pedconv eval`: top-1, top-5 and loss of a ResNet on the validation split of an image folder
+//! or a packed dataset.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::backend::{dispatch, BackendJob, JobBackend};
 use crate::config::Precision;
 use crate::data::folder::ImageFolder;
+use crate::data::pack::PackedSplit;
+use crate::data::rng::Rng;
+use crate::data::sources::{FolderImages, ImageSource, ImageTransform, PackedImages, Pixels};
+use crate::data::transform::{normalise, StageTimes};
+use crate::data::DataSource;
 use crate::model::{decode_batch, logits_of, ModelSource};
 
 use super::shared::{DeviceArgs, InputArgs, ModelArgs};
@@ -13,7 +20,8 @@ use super::shared::{DeviceArgs, InputArgs, ModelArgs};
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The data: a folder with a `val/` split, or the split folder itself (one sub-folder per class).
+    /// The data: a folder with a `val/` split, the split folder itself (one sub-folder per
+    /// class), or a packed dataset (`pedconv pack`; its validation split).
     #[arg(long)]
     data: PathBuf,
     #[command(flatten)]
@@ -31,19 +39,34 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<(), String> {
     let input = args.input.validate()?;
-    let split = args.data.join("val");
-    let split = if split.is_dir() {
-        split
-    } else {
-        args.data.clone()
+    let transform = ImageTransform::Eval {
+        resize: input.resize,
+        crop: input.crop,
     };
-    let folder = ImageFolder::open(&split)?;
+    let images: Arc<dyn ImageSource> = match DataSource::at(args.data.clone()) {
+        DataSource::Packed { path } => Arc::new(PackedImages {
+            split: PackedSplit::open(&path, "val")?,
+            transform,
+        }),
+        _ => {
+            let split = args.data.join("val");
+            let split = if split.is_dir() {
+                split
+            } else {
+                args.data.clone()
+            };
+            Arc::new(FolderImages {
+                folder: ImageFolder::open(&split)?,
+                transform,
+            })
+        }
+    };
     let report = dispatch(
         args.on.backend,
         args.on.device,
         Evaluation {
             model: args.model.into(),
-            folder,
+            images,
             input,
             max_bad_fraction: args.max_bad_fraction,
             progress: !args.json,
@@ -119,7 +142,7 @@ impl Score {
 /// An evaluation to run on a backend.
 struct Evaluation {
     pub model: ModelSource,
-    pub folder: ImageFolder,
+    pub images: Arc<dyn ImageSource>,
     pub input: InputArgs,
     /// Stop when more than this fraction of the images cannot be read.
     pub max_bad_fraction: f64,
@@ -135,30 +158,31 @@ impl BackendJob for Evaluation {
     fn run<B: JobBackend>(self, device: B::Device) -> Result<EvalReport, String> {
         self.precision.check::<B>(&self.backend, &device)?;
         let (config, model) = self.model.load::<B>(&device)?;
-        let classes = self.folder.classes.len();
+        let total = self.images.len();
+        let classes = (0..total)
+            .map(|i| self.images.label(i))
+            .max()
+            .map_or(0, |c| c + 1);
         if classes > config.num_classes {
             return Err(format!(
                 "the data has {classes} classes, the model only {}",
                 config.num_classes
             ));
         }
-        let total = self.folder.items.len();
         let (mut top1, mut top5, mut loss, mut images, mut skipped) =
             (0usize, 0usize, 0.0f64, 0usize, 0usize);
-        for (index, chunk) in self
-            .folder
-            .items
-            .chunks(self.input.batch_size as usize)
-            .enumerate()
-        {
-            let (input, read) = decode_batch::<B>(
-                chunk.iter().map(|(path, _)| path.as_path()),
-                self.input.resize,
-                self.input.crop,
-                &device,
-            );
+        let indices: Vec<usize> = (0..total).collect();
+        for (index, chunk) in indices.chunks(self.input.batch_size as usize).enumerate() {
+            let (input, read) = decode_batch::<B>(chunk.len(), self.input.crop, &device, |i| {
+                let mut times = StageTimes::default();
+                let pixels = self.images.pixels(chunk[i], &mut Rng::new(0), &mut times)?;
+                Ok(match pixels {
+                    Pixels::Rgb8(image) => normalise(&image),
+                    Pixels::Float(values) => values,
+                })
+            });
             skipped += chunk.len() - read.len();
-            let labels: Vec<usize> = read.iter().map(|&i| chunk[i].1).collect();
+            let labels: Vec<usize> = read.iter().map(|&i| self.images.label(chunk[i])).collect();
             if skipped as f64 > self.max_bad_fraction * total as f64 {
                 return Err(format!(
                     "{skipped} of {total} images could not be read, more than the allowed fraction {}",

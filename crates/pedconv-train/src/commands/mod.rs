@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod pack;
 pub mod predict;
 mod shared;
 pub mod train;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::backend::{dispatch, BackendJob, JobBackend};
 use crate::config::Precision;
 use crate::data::folder::is_image;
+use crate::data::transform::eval_image;
 use crate::model::{decode_batch, is_pytorch, logits_of, ModelSource};
 use crate::run_dir;
 
@@ -189,9 +190,10 @@ impl BackendJob for Predict {
         let names = class_names(&self, classes);
         let mut unreadable = 0;
         for chunk in self.images.chunks(self.input.batch_size as usize) {
-            let paths = chunk.iter().map(PathBuf::as_path);
-            let (input, read) =
-                decode_batch::<B>(paths, self.input.resize, self.input.crop, &device);
+            let (resize, crop) = (self.input.resize, self.input.crop);
+            let (input, read) = decode_batch::<B>(chunk.len(), crop, &device, |i| {
+                eval_image(&chunk[i], resize, crop)
+            });
             unreadable += chunk.len() - read.len();
             let Some(input) = input else {
                 continue;

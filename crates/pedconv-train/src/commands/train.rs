@@ -27,8 +27,8 @@ pub struct TrainArgs {
     /// Default: the first free `runs/train-N`.
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Train on this image folder (`train/` and `val/`, one sub-folder per class) instead of the
-    /// configuration's data.
+    /// Train on this image folder (`train/` and `val/`, one sub-folder per class), or on this
+    /// packed dataset (`pedconv pack`), instead of the configuration's data.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Overrides the configuration's epochs.
@@ -133,7 +133,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     }
     config.devices = devices.len();
     if let Some(path) = args.data {
-        config.data.source = DataSource::Folder { path };
+        config.data.source = DataSource::at(path);
     }
     if let Some(classes) = args.num_classes {
         config.model.num_classes = classes as usize;
@@ -199,6 +199,7 @@ fn describe(source: &DataSource) -> String {
     match source {
         DataSource::Builtin { train_images, .. } => format!("{train_images} built-in images"),
         DataSource::Folder { path } => path.join("train").display().to_string(),
+        DataSource::Packed { path } => format!("the packed {} (train)", path.display()),
         DataSource::Synthetic { train_images, .. } => format!("{train_images} synthetic images"),
     }
 }

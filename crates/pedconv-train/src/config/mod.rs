@@ -167,7 +167,7 @@ impl TrainConfig {
         .with_train_crop(32)
         .with_val_resize(32)
         .with_val_crop(32)
-        .with_workers(2);
+        .with_workers(Some(2));
         Self::new(model, data)
             .with_warmup_epochs(1)
             .with_mixup(0.0)

@@ -1,16 +1,20 @@
 //! The batching step of the pipeline: a batch's images decoded and augmented in parallel on the
-//! batcher's own threads, unreadable images replaced (and counted), mixup applied, stacked into
-//! a CPU [`Batch`] that the training step moves to the device.
+//! batcher's own threads, unreadable images replaced (and counted), stacked channel-major into a
+//! CPU [`Batch`] of 8-bit pixels; the training step moves it to the device, where it is
+//! normalised and mixed ([`Batch::into_device`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use image::RgbImage;
 use rayon::prelude::*;
 
 use super::rng::{seed_of, Rng};
-use super::sources::ImageSource;
+use super::sources::{ImageSource, Pixels};
+use super::transform::{normalise, StageTimes, MEAN, STD};
 use super::Split;
 
 /// What the loader hands to the batcher: an image and the seed of its augmentation.
@@ -77,15 +81,25 @@ impl BadImages {
 const NOISE_STREAM: u64 = 0x006E_6F69_7365;
 
 /// A batch on the CPU (loader threads never touch the device): images `[n, 3, side, side]`,
-/// target distributions `[n, classes]` (one-hot, or two classes mixed by mixup) and the
-/// dominant class of each image; and the seed of the training forward's random numbers
-/// (PEDConv's noise), a function of the batch's images and epoch alone.
+/// channel-major, as 8-bit RGB (`u8`, a quarter of float32's bytes to move; normalised on the
+/// device) or, for the generated sets, as model inputs (`f32`); the mixup to apply on the device;
+/// target distributions `[n, classes]` (one-hot, or two classes mixed by mixup) and the dominant
+/// class of each image; and the seed of the training forward's random numbers (PEDConv's
+/// noise), a function of the batch's images and epoch alone.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub images: TensorData,
+    pub mixup: Option<Mixup>,
     pub targets: TensorData,
     pub labels: Vec<i64>,
     pub noise_seed: u64,
+}
+
+/// Mixup of a batch: image `i` becomes `λ · x_i + (1 - λ) · x_partner[i]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mixup {
+    pub lambda: f32,
+    pub partner: Vec<i64>,
 }
 
 /// A batch on the device.
@@ -96,17 +110,48 @@ pub struct DeviceBatch<B: Backend> {
 }
 
 impl Batch {
+    /// The batch on `device`: 8-bit images normalised there (uploaded as `u8` where the backend
+    /// holds 8-bit integers, converted on the host otherwise), then mixed.
     pub fn into_device<B: Backend>(self, device: &B::Device) -> DeviceBatch<B> {
         let count = self.labels.len();
+        let images = if self.images.dtype == DType::U8 {
+            normalised::<B>(self.images, device)
+        } else {
+            Tensor::from_data(self.images, device)
+        };
+        let images = match self.mixup {
+            Some(Mixup { lambda, partner }) => {
+                let partner =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(partner, [count]), device);
+                let others = images.clone().select(0, partner);
+                images.mul_scalar(lambda) + others.mul_scalar(1.0 - lambda)
+            }
+            None => images,
+        };
         DeviceBatch {
-            images: Tensor::from_data(self.images, device),
+            images,
             targets: Tensor::from_data(self.targets, device),
             labels: Tensor::from_data(TensorData::new(self.labels, [count]), device),
         }
     }
 }
 
-/// Decodes a batch's images in parallel, replacing unreadable ones, and applies mixup.
+/// ImageNet's normalisation of 8-bit images, `(x / 255 - mean) / std` per channel, on `device`
+/// (the same float32 operations as [`normalise`] on the host).
+fn normalised<B: Backend>(images: TensorData, device: &B::Device) -> Tensor<B, 4> {
+    let pixels: Tensor<B, 4> = if B::supports_dtype(device, DType::U8) {
+        Tensor::<B, 4, Int>::from_data(images, (device, DType::U8)).float()
+    } else {
+        Tensor::from_data(images.convert::<f32>(), device)
+    };
+    let per_channel = |values: [f32; 3]| {
+        Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [3]), device)
+            .reshape([1, 3, 1, 1])
+    };
+    (pixels.div_scalar(255.0) - per_channel(MEAN)) / per_channel(STD)
+}
+
+/// Decodes a batch's images in parallel, replacing unreadable ones, and draws the mixup.
 #[derive(Clone)]
 pub struct ImageBatcher {
     source: Arc<dyn ImageSource>,
@@ -116,6 +161,8 @@ pub struct ImageBatcher {
     mixup: f64,
     pool: Arc<rayon::ThreadPool>,
     bad: Arc<BadImages>,
+    /// The time spent in each stage, summed over the images batched so far.
+    times: Arc<Mutex<StageTimes>>,
 }
 
 /// How many other images are tried in place of an unreadable one.
@@ -141,6 +188,7 @@ impl ImageBatcher {
             mixup,
             pool: Arc::new(pool),
             bad,
+            times: Arc::default(),
         })
     }
 
@@ -149,32 +197,38 @@ impl ImageBatcher {
         self.source.len()
     }
 
+    /// The CPU time spent in each stage, summed over the images batched so far.
+    pub fn stage_times(&self) -> StageTimes {
+        *self.times.lock().expect("stage times")
+    }
+
     /// The pixels and class of `sample`, or of the next readable image when it cannot be read
-    /// (zeros, if none of the next few can be).
-    fn load(&self, sample: Sample) -> (Vec<f32>, usize) {
+    /// (black, if none of the next few can be), and the time of its stages.
+    fn load(&self, sample: Sample) -> (Pixels, usize, StageTimes) {
         let len = self.source.len();
         let mut rng = Rng::new(sample.seed);
+        let mut times = StageTimes::default();
         for index in (0..=REPLACEMENT_TRIES).map(|k| (sample.index + k) % len) {
-            match self.source.pixels(index, &mut rng) {
-                Ok(pixels) => return (pixels, self.source.label(index)),
+            match self.source.pixels(index, &mut rng, &mut times) {
+                Ok(pixels) => return (pixels, self.source.label(index), times),
                 Err(message) => self.bad.record(index, message),
             }
         }
-        (
-            vec![0.0; 3 * self.side * self.side],
-            self.source.label(sample.index),
-        )
+        let black = RgbImage::new(self.side as u32, self.side as u32);
+        (Pixels::Rgb8(black), self.source.label(sample.index), times)
     }
 
-    /// Stacks the images into a batch; with mixup, every image is blended with a random other
-    /// one of the batch, `λ · x_i + (1 - λ) · x_π(i)` with `λ ~ Beta(α, α)`, and so are the
-    /// one-hot targets (as the reference's training script does).
+    /// Stacks the images into a batch and draws its mixup: every image is to be blended with a
+    /// random other one of the batch, `λ · x_i + (1 - λ) · x_π(i)` with `λ ~ Beta(α, α)`, and so
+    /// are the one-hot targets (as the reference's training script does).
     pub fn assemble(&self, samples: &[Sample]) -> Batch {
-        let loaded: Vec<(Vec<f32>, usize)> = self
+        let loaded: Vec<(Pixels, usize, StageTimes)> = self
             .pool
             .install(|| samples.par_iter().map(|&s| self.load(s)).collect());
+        let start = Instant::now();
         let count = loaded.len();
-        let plane = 3 * self.side * self.side;
+        let shape = [count, 3, self.side, self.side];
+        let images = self.pool.install(|| stack(&loaded, shape));
         let batch_seed = seed_of(&samples.iter().map(|s| s.seed).collect::<Vec<_>>());
         let mut rng = Rng::new(batch_seed);
         let (lambda, partner) = if self.mixup > 0.0 {
@@ -182,23 +236,24 @@ impl ImageBatcher {
         } else {
             (1.0, (0..count).collect())
         };
-        let mut images = Vec::with_capacity(count * plane);
         let mut targets = vec![0.0f32; count * self.classes];
         let mut labels = Vec::with_capacity(count);
-        for (i, (pixels, label)) in loaded.iter().enumerate() {
-            let (other, other_label) = &loaded[partner[i]];
-            if lambda == 1.0 {
-                images.extend_from_slice(pixels);
-            } else {
-                let (a, b) = (lambda as f32, 1.0 - lambda as f32);
-                images.extend(pixels.iter().zip(other).map(|(x, y)| a * x + b * y));
-            }
+        for (i, (_, label, _)) in loaded.iter().enumerate() {
+            let other_label = loaded[partner[i]].1;
             targets[i * self.classes + label] += lambda as f32;
             targets[i * self.classes + other_label] += 1.0 - lambda as f32;
-            labels.push(if lambda >= 0.5 { *label } else { *other_label } as i64);
+            labels.push(if lambda >= 0.5 { *label } else { other_label } as i64);
         }
+        let mut times = StageTimes::default();
+        loaded.iter().for_each(|(_, _, t)| times += *t);
+        times.assemble += start.elapsed();
+        *self.times.lock().expect("stage times") += times;
         Batch {
-            images: TensorData::new(images, [count, 3, self.side, self.side]),
+            images,
+            mixup: (lambda != 1.0).then(|| Mixup {
+                lambda: lambda as f32,
+                partner: partner.into_iter().map(|i| i as i64).collect(),
+            }),
             targets: TensorData::new(targets, [count, self.classes]),
             labels,
             noise_seed: seed_of(&[batch_seed, NOISE_STREAM]),
@@ -206,12 +261,47 @@ impl ImageBatcher {
     }
 }
 
+/// The images, channel-major, as `u8` when all are 8-bit and as normalised `f32` otherwise
+/// (the generated sets), copied in parallel.
+fn stack(loaded: &[(Pixels, usize, StageTimes)], shape: [usize; 4]) -> TensorData {
+    let plane = shape[2] * shape[3];
+    let all_8bit = loaded.iter().all(|(p, ..)| matches!(p, Pixels::Rgb8(_)));
+    if all_8bit {
+        let mut images = vec![0u8; shape.iter().product()];
+        images
+            .par_chunks_mut(3 * plane)
+            .zip(loaded)
+            .for_each(|(out, (pixels, ..))| {
+                if let Pixels::Rgb8(image) = pixels {
+                    let (red, rest) = out.split_at_mut(plane);
+                    let (green, blue) = rest.split_at_mut(plane);
+                    let channels = red.iter_mut().zip(green).zip(blue);
+                    for (((r, g), b), pixel) in channels.zip(image.as_raw().chunks_exact(3)) {
+                        (*r, *g, *b) = (pixel[0], pixel[1], pixel[2]);
+                    }
+                }
+            });
+        TensorData::new(images, shape)
+    } else {
+        let mut images = vec![0f32; shape.iter().product()];
+        images
+            .par_chunks_mut(3 * plane)
+            .zip(loaded)
+            .for_each(|(out, (pixels, ..))| match pixels {
+                Pixels::Rgb8(image) => out.copy_from_slice(&normalise(image)),
+                Pixels::Float(values) => out.copy_from_slice(values),
+            });
+        TensorData::new(images, shape)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::Split;
+    use burn::backend::Flex;
 
-    /// Image `i` is the constant `i`, of class `i`; image 2 cannot be read.
+    /// Image `i` is the constant level `50 i` (2×2), of class `i`; image 2 cannot be read.
     struct Constant;
 
     impl ImageSource for Constant {
@@ -221,11 +311,16 @@ mod tests {
         fn label(&self, index: usize) -> usize {
             index
         }
-        fn pixels(&self, index: usize, _rng: &mut Rng) -> Result<Vec<f32>, String> {
+        fn pixels(&self, index: usize, _: &mut Rng, _: &mut StageTimes) -> Result<Pixels, String> {
             if index == 2 {
                 return Err("image 2: corrupt".into());
             }
-            Ok(vec![index as f32; 3 * 2 * 2])
+            let level = 50 * index as u8;
+            Ok(Pixels::Rgb8(RgbImage::from_pixel(
+                2,
+                2,
+                image::Rgb([level; 3]),
+            )))
         }
     }
 
@@ -249,9 +344,59 @@ mod tests {
             .collect()
     }
 
+    /// The images of a batch on the device, and its targets.
+    fn on_device(batch: Batch) -> (Vec<f32>, Vec<f32>) {
+        on::<Flex>(batch)
+    }
+
+    fn on<B: Backend>(batch: Batch) -> (Vec<f32>, Vec<f32>) {
+        let batch = batch.into_device::<B>(&Default::default());
+        (
+            batch.images.into_data().to_vec().unwrap(),
+            batch.targets.into_data().to_vec().unwrap(),
+        )
+    }
+
+    /// Without mixup, the batch travels as `u8`, channel-major, and the device's normalisation
+    /// equals the host's (the same float32 operations); targets are one-hot.
+    #[test]
+    fn batches_travel_as_bytes_and_are_normalised_on_the_device() {
+        let (batcher, _) = constant_batcher(0.0, 1.0);
+        let batch = batcher.assemble(&samples(&[1, 4], 0));
+        assert_eq!(batch.images.dtype, DType::U8);
+        assert_eq!(batch.images.shape.as_slice(), [2, 3, 2, 2]);
+        assert!(batch.mixup.is_none());
+        let (images, targets) = on_device(batch);
+        let host: Vec<f32> = [1u8, 4]
+            .iter()
+            .flat_map(|&i| normalise(&RgbImage::from_pixel(2, 2, image::Rgb([50 * i; 3]))))
+            .collect();
+        assert_eq!(images, host);
+        assert_eq!(targets, [0., 1., 0., 0., 0., 0., 0., 0., 0., 1.]);
+        assert!(batcher.stage_times().assemble > std::time::Duration::ZERO);
+    }
+
+    /// On wgpu (burn's fusion over CubeCL; lavapipe in CI), where the bytes go up as `u8`
+    /// when the device holds 8-bit integers: the host's values to float32 rounding (a GPU may
+    /// divide through a reciprocal), mixup included.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn batches_are_normalised_and_mixed_on_wgpu() {
+        let (batcher, _) = constant_batcher(0.2, 1.0);
+        for seed in 0..3 {
+            let batch = batcher.assemble(&samples(&[0, 1, 3, 4], seed));
+            let (host, _) = on::<Flex>(batch.clone());
+            let (device, _) = on::<burn::backend::Wgpu>(batch);
+            for (a, b) in host.iter().zip(&device) {
+                assert!((a - b).abs() <= 1e-6, "{a} on the host, {b} on wgpu");
+            }
+        }
+    }
+
     /// Mixed images are `λ x_i + (1 - λ) x_π(i)` and mixed targets put `λ` and `1 - λ` on the two
-    /// images' classes: as image `c` is the constant `c` of class `c`, every pixel must equal
-    /// `Σ_c target_c · c`. The label is the class of larger weight.
+    /// images' classes: as image `c` is the constant level `50 c` of class `c` and the
+    /// normalisation is affine, every value of channel `k` must equal
+    /// `Σ_c target_c · (50 c / 255 - mean_k) / std_k`. The label is the class of larger weight.
     #[test]
     fn mixup_blends_images_and_targets_alike() {
         let (batcher, _) = constant_batcher(0.2, 1.0);
@@ -259,32 +404,30 @@ mod tests {
         let mut mixed = 0;
         for seed in 0..5 {
             let batch = batcher.assemble(&samples(&indices, seed));
-            let images = batch.images.to_vec::<f32>().unwrap();
-            let targets = batch.targets.to_vec::<f32>().unwrap();
+            let labels = batch.labels.clone();
+            let (images, targets) = on_device(batch);
             for (i, &index) in indices.iter().enumerate() {
                 let row = &targets[i * 5..(i + 1) * 5];
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
                 assert!(row[index] >= 0.0 && row.iter().filter(|&&w| w > 0.0).count() <= 2);
-                let expected: f32 = row.iter().enumerate().map(|(c, w)| w * c as f32).sum();
-                let pixels = &images[i * 12..(i + 1) * 12];
-                assert!(
-                    pixels.iter().all(|p| (p - expected).abs() < 1e-5),
-                    "{pixels:?} {row:?}"
-                );
-                let label = batch.labels[i] as usize;
+                for k in 0..3 {
+                    let expected: f32 = row
+                        .iter()
+                        .enumerate()
+                        .map(|(c, w)| w * ((50 * c) as f32 / 255.0 - MEAN[k]) / STD[k])
+                        .sum();
+                    let values = &images[i * 12 + k * 4..i * 12 + (k + 1) * 4];
+                    assert!(
+                        values.iter().all(|v| (v - expected).abs() < 1e-5),
+                        "{values:?} {row:?}"
+                    );
+                }
+                let label = labels[i] as usize;
                 assert!(row.iter().all(|&w| row[label] >= w));
                 mixed += usize::from(row[index] < 1.0 - 1e-6);
             }
         }
         assert!(mixed > 0);
-        // Without mixup, targets are one-hot.
-        let (plain, _) = constant_batcher(0.0, 1.0);
-        let batch = plain.assemble(&samples(&[0, 4], 0));
-        assert_eq!(
-            batch.targets.to_vec::<f32>().unwrap(),
-            vec![1., 0., 0., 0., 0., 0., 0., 0., 0., 1.]
-        );
-        assert_eq!(batch.labels, vec![0, 4]);
     }
 
     /// An unreadable image is replaced by the next readable one and counted once; `stop` is
@@ -293,8 +436,8 @@ mod tests {
     fn unreadable_images_are_replaced_counted_and_stop_the_run() {
         let (lenient, stops) = constant_batcher(0.0, 0.2);
         let batch = lenient.assemble(&samples(&[2, 2, 0], 0));
-        let images = batch.images.to_vec::<f32>().unwrap();
-        assert_eq!((images[0], images[12]), (3.0, 3.0)); // image 3 replaced image 2
+        let images = batch.images.to_vec::<u8>().unwrap();
+        assert_eq!((images[0], images[12]), (150, 150)); // image 3 replaced image 2
         assert_eq!(batch.labels, vec![3, 3, 0]);
         assert_eq!(lenient.bad.count(), 1);
         assert!(lenient.bad.too_many().is_none());

@@ -3,7 +3,8 @@
 //! channel, for `4 · 3 = 12` classes. Every image is a pure function of its index and seed.
 
 use super::rng::Rng;
-use super::sources::ImageSource;
+use super::sources::{ImageSource, Pixels};
+use super::transform::StageTimes;
 
 /// The number of classes of the built-in set.
 pub const CLASSES: usize = 12;
@@ -75,8 +76,8 @@ impl ImageSource for BuiltinImages {
         Self::draw_label(&mut self.rng(index))
     }
 
-    fn pixels(&self, index: usize, _rng: &mut Rng) -> Result<Vec<f32>, String> {
-        Ok(self.generate(index).0)
+    fn pixels(&self, index: usize, _: &mut Rng, _: &mut StageTimes) -> Result<Pixels, String> {
+        Ok(Pixels::Float(self.generate(index).0))
     }
 }
 

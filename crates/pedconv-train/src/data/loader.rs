@@ -30,6 +30,9 @@ pub struct EpochLoader<B: Backend> {
     positions: Range<usize>,
     /// The epoch the next [`DataLoader::iter`] serves.
     next_epoch: Arc<AtomicUsize>,
+    /// The device the batches go to, once known ([`DataLoader::to_device`]): their images are
+    /// staged for it (pinned host memory on CUDA) on the loader's thread.
+    device: Option<B::Device>,
     _backend: PhantomData<B>,
 }
 
@@ -54,6 +57,7 @@ impl<B: Backend> EpochLoader<B> {
             shuffle,
             shards,
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
+            device: None,
             _backend: PhantomData,
         }
     }
@@ -78,7 +82,7 @@ impl<B: Backend> EpochLoader<B> {
             .collect()
     }
 
-    fn with_positions(&self, positions: Range<usize>) -> Self {
+    fn with_positions(&self, positions: Range<usize>, device: Option<B::Device>) -> Self {
         Self {
             batcher: self.batcher.clone(),
             batch_size: self.batch_size,
@@ -87,6 +91,7 @@ impl<B: Backend> EpochLoader<B> {
             shards: self.shards,
             positions,
             next_epoch: Arc::new(AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst))),
+            device,
             _backend: PhantomData,
         }
     }
@@ -111,7 +116,10 @@ pub fn shard_layout(order: &[usize], shards: usize, batch: usize) -> Vec<usize> 
         .collect()
 }
 
-/// One epoch's batches, assembled one ahead on a thread of their own.
+/// How many batches the loader's thread prepares ahead of the one the step consumes.
+const BATCHES_AHEAD: usize = 2;
+
+/// One epoch's batches, assembled ahead on a thread of their own.
 struct EpochBatches {
     batches: Receiver<Batch>,
     processed: usize,
@@ -139,14 +147,19 @@ impl<B: Backend> DataLoader<B, Batch> for EpochLoader<B> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
         let samples = self.epoch_samples(epoch);
         let total = samples.len();
-        let (sender, batches) = sync_channel(1);
+        let (sender, batches) = sync_channel(BATCHES_AHEAD);
         let (batcher, batch_size) = (self.batcher.clone(), self.batch_size);
+        let device = self.device.clone();
         std::thread::Builder::new()
             .name("pedconv-loader".into())
             .spawn(move || {
                 for chunk in samples.chunks(batch_size) {
+                    let mut batch = batcher.assemble(chunk);
+                    if let Some(device) = &device {
+                        B::staging(std::iter::once(&mut batch.images), device);
+                    }
                     // The receiver is gone when the epoch was interrupted.
-                    if sender.send(batcher.assemble(chunk)).is_err() {
+                    if sender.send(batch).is_err() {
                         break;
                     }
                 }
@@ -163,15 +176,15 @@ impl<B: Backend> DataLoader<B, Batch> for EpochLoader<B> {
         self.positions.len()
     }
 
-    /// The batches are host data, moved to the device by the training step.
-    fn to_device(&self, _device: &B::Device) -> Arc<dyn DataLoader<B, Batch>> {
-        Arc::new(self.with_positions(self.positions.clone()))
+    /// The batches are host data (staged for `device`), moved to it by the training step.
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, Batch>> {
+        Arc::new(self.with_positions(self.positions.clone(), Some(device.clone())))
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, Batch>> {
         let first = self.positions.start;
         let positions = first + start..first + end.min(self.positions.len());
-        Arc::new(self.with_positions(positions))
+        Arc::new(self.with_positions(positions, self.device.clone()))
     }
 }
 
@@ -179,7 +192,8 @@ impl<B: Backend> DataLoader<B, Batch> for EpochLoader<B> {
 mod tests {
     use super::*;
     use crate::data::batcher::BadImages;
-    use crate::data::sources::ImageSource;
+    use crate::data::sources::{ImageSource, Pixels};
+    use crate::data::transform::StageTimes;
     use crate::data::Split;
     use burn::backend::Flex;
     use burn::data::dataloader::split::split_dataloader;
@@ -194,8 +208,8 @@ mod tests {
         fn label(&self, index: usize) -> usize {
             index
         }
-        fn pixels(&self, _index: usize, _rng: &mut Rng) -> Result<Vec<f32>, String> {
-            Ok(vec![0.0; 3 * 2 * 2])
+        fn pixels(&self, _: usize, _: &mut Rng, _: &mut StageTimes) -> Result<Pixels, String> {
+            Ok(Pixels::Float(vec![0.0; 3 * 2 * 2]))
         }
     }
 

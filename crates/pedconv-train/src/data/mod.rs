@@ -14,6 +14,7 @@ pub mod batcher;
 pub mod builtin;
 pub mod folder;
 pub mod loader;
+pub mod pack;
 pub mod rng;
 pub mod sources;
 pub mod transform;
@@ -27,7 +28,8 @@ use serde::{Deserialize, Serialize};
 pub use batcher::Batch;
 use builtin::BuiltinImages;
 use folder::Splits;
-use sources::{FolderImages, FolderTransform, ImageSource, SyntheticImages};
+use pack::PackedSplit;
+use sources::{FolderImages, ImageSource, ImageTransform, PackedImages, SyntheticImages};
 use transform::Augmentation;
 
 /// Where the images come from.
@@ -42,6 +44,9 @@ pub enum DataSource {
     },
     /// An ImageNet-style folder: `path/train/<class>/*` and `path/val/<class>/*`.
     Folder { path: PathBuf },
+    /// A packed dataset that `pedconv pack` wrote (WebDataset tar shards with an index; see
+    /// [`pack`]).
+    Packed { path: PathBuf },
     /// Random normal images with random labels, for throughput runs (there is nothing to learn).
     Synthetic {
         train_images: usize,
@@ -51,11 +56,21 @@ pub enum DataSource {
 }
 
 impl DataSource {
+    /// The images at `path`: a packed dataset (a folder with a `pack.json`) or an image folder.
+    pub fn at(path: PathBuf) -> Self {
+        if path.join("pack.json").is_file() {
+            DataSource::Packed { path }
+        } else {
+            DataSource::Folder { path }
+        }
+    }
+
     /// The number of classes (for a folder, its `train/` class folders, the images unread).
     pub fn classes(&self) -> Result<usize, String> {
         match self {
             DataSource::Builtin { .. } => Ok(builtin::CLASSES),
             DataSource::Folder { path } => folder::class_count(path),
+            DataSource::Packed { path } => Ok(pack::manifest(path)?.classes.len()),
             DataSource::Synthetic { classes, .. } => Ok(*classes),
         }
     }
@@ -78,9 +93,10 @@ pub struct DataConfig {
     /// ... before the centre crop of this side.
     #[config(default = 224)]
     pub val_crop: usize,
-    /// Threads that decode and augment images.
-    #[config(default = 4)]
-    pub workers: usize,
+    /// Threads that decode and augment images (one pool for all devices). Default: the
+    /// machine's cores less one per device, at least one.
+    #[config(default = "None")]
+    pub workers: Option<usize>,
     /// The run stops when more than this fraction of a split's images cannot be read (they are
     /// skipped, counted and reported otherwise).
     #[config(default = 0.01)]
@@ -137,33 +153,44 @@ impl DataConfig {
             },
             DataSource::Folder { path } => {
                 let splits = Splits::open(path)?;
-                let classes = splits.train.classes.len();
-                let class_names = Some(splits.train.classes.clone());
+                let class_names = splits.train.classes.clone();
+                let (train, valid) = self.transforms();
+                let source = |folder, transform| Arc::new(FolderImages { folder, transform });
                 Data {
                     train: Split {
-                        source: Arc::new(FolderImages {
-                            folder: splits.train,
-                            transform: FolderTransform::Train {
-                                augmentation: self.augmentation.clone(),
-                                size: train_side as u32,
-                            },
-                        }),
+                        source: source(splits.train, train),
                         side: train_side,
                         name: path.join("train").display().to_string(),
                     },
                     valid: Split {
-                        source: Arc::new(FolderImages {
-                            folder: splits.valid,
-                            transform: FolderTransform::Eval {
-                                resize: self.val_resize as u32,
-                                crop: val_side as u32,
-                            },
-                        }),
+                        source: source(splits.valid, valid),
                         side: val_side,
                         name: path.join("val").display().to_string(),
                     },
-                    classes,
-                    class_names,
+                    classes: class_names.len(),
+                    class_names: Some(class_names),
+                }
+            }
+            DataSource::Packed { path } => {
+                let class_names = pack::manifest(path)?.classes;
+                let (train, valid) = self.transforms();
+                let source = |split: &str, transform| -> Result<_, String> {
+                    let split = PackedSplit::open(path, split)?;
+                    Ok(Arc::new(PackedImages { split, transform }))
+                };
+                Data {
+                    train: Split {
+                        source: source("train", train)?,
+                        side: train_side,
+                        name: format!("{} (train)", path.display()),
+                    },
+                    valid: Split {
+                        source: source("val", valid)?,
+                        side: val_side,
+                        name: format!("{} (val)", path.display()),
+                    },
+                    classes: class_names.len(),
+                    class_names: Some(class_names),
                 }
             }
             DataSource::Synthetic {
@@ -201,12 +228,34 @@ impl DataConfig {
         })
     }
 
+    /// The threads that decode and augment images for `devices` devices: `workers`, or the
+    /// machine's cores less one per device (at least one).
+    pub fn workers(&self, devices: usize) -> usize {
+        self.workers.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cores.saturating_sub(devices).max(1)
+        })
+    }
+
+    /// The transforms of decoded training and validation images.
+    fn transforms(&self) -> (ImageTransform, ImageTransform) {
+        let train = ImageTransform::Train {
+            augmentation: self.augmentation.clone(),
+            size: self.train_crop as u32,
+        };
+        let valid = ImageTransform::Eval {
+            resize: self.val_resize as u32,
+            crop: self.val_crop as u32,
+        };
+        (train, valid)
+    }
+
     /// Checks the values, naming the first wrong one.
     pub fn validate(&self) -> Result<(), String> {
         let mut positive = vec![
             ("data.train_crop", self.train_crop),
             ("data.val_crop", self.val_crop),
-            ("data.workers", self.workers),
+            ("data.workers", self.workers.unwrap_or(1)),
         ];
         match &self.source {
             DataSource::Builtin {
@@ -225,7 +274,7 @@ impl DataConfig {
                 ("data.source.valid_images", *valid_images),
                 ("data.source.classes", *classes),
             ]),
-            DataSource::Folder { .. } => {}
+            DataSource::Folder { .. } | DataSource::Packed { .. } => {}
         }
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive, got 0"));

@@ -1,9 +1,24 @@
-//! The images of a split, produced on demand on the batcher's threads: an image folder (with its
-//! transform), and random synthetic images (the built-in set is in [`super::builtin`]).
+//! The images of a split, produced on demand on the batcher's threads: an image folder or a
+//! packed dataset (decoded and transformed), and random synthetic images (the built-in set is
+//! in [`super::builtin`]).
+
+use std::fmt::Display;
+
+use image::RgbImage;
 
 use super::folder::ImageFolder;
+use super::pack::PackedSplit;
 use super::rng::{seed_of, Rng};
-use super::transform::{eval_image, Augmentation};
+use super::transform::{decode, resize_and_crop_image, timed, Augmentation, StageTimes};
+
+/// An image as a source produces it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pixels {
+    /// Decoded 8-bit RGB, normalised on the device (see [`super::batcher::Batch`]).
+    Rgb8(RgbImage),
+    /// A model input `[3, side, side]`, channel-major (the generated sets).
+    Float(Vec<f32>),
+}
 
 /// One split's images, produced on demand (on the batcher's threads).
 pub trait ImageSource: Send + Sync {
@@ -11,14 +26,15 @@ pub trait ImageSource: Send + Sync {
     fn len(&self) -> usize;
     /// Image `index`'s class.
     fn label(&self, index: usize) -> usize;
-    /// Image `index`'s normalised `[3, side, side]` pixels (channel-major), drawing any
-    /// augmentation from `rng`; the error names the image.
-    fn pixels(&self, index: usize, rng: &mut Rng) -> Result<Vec<f32>, String>;
+    /// Image `index` at the split's side, drawing any augmentation from `rng` and adding the
+    /// time of each stage to `times`; the error names the image.
+    fn pixels(&self, index: usize, rng: &mut Rng, times: &mut StageTimes)
+        -> Result<Pixels, String>;
 }
 
-/// How a folder's images are transformed.
+/// How the decoded images of a folder or a pack are transformed.
 #[derive(Debug, Clone)]
-pub enum FolderTransform {
+pub enum ImageTransform {
     /// The training augmentation, to `size × size`.
     Train {
         augmentation: Augmentation,
@@ -28,27 +44,82 @@ pub enum FolderTransform {
     Eval { resize: u32, crop: u32 },
 }
 
+impl ImageTransform {
+    /// The transformed image of the encoded `bytes` (`name` names it in errors).
+    fn apply(
+        &self,
+        bytes: &[u8],
+        name: &dyn Display,
+        rng: &mut Rng,
+        times: &mut StageTimes,
+    ) -> Result<Pixels, String> {
+        let image = match self {
+            ImageTransform::Train { augmentation, size } => {
+                augmentation.apply(bytes, name, *size, rng, times)?
+            }
+            ImageTransform::Eval { resize, crop } => {
+                let rgb = timed(&mut times.decode, || decode(bytes, name))?;
+                timed(&mut times.crop_resize, || {
+                    resize_and_crop_image(&rgb, *resize, *crop, name)
+                })?
+            }
+        };
+        Ok(Pixels::Rgb8(image))
+    }
+}
+
 /// The images of a folder split.
 pub struct FolderImages {
     pub folder: ImageFolder,
-    pub transform: FolderTransform,
+    pub transform: ImageTransform,
 }
 
 impl ImageSource for FolderImages {
     fn len(&self) -> usize {
-        self.folder.items.len()
+        self.folder.len()
     }
 
     fn label(&self, index: usize) -> usize {
-        self.folder.items[index].1
+        self.folder.label(index)
     }
 
-    fn pixels(&self, index: usize, rng: &mut Rng) -> Result<Vec<f32>, String> {
-        let path = &self.folder.items[index].0;
-        match &self.transform {
-            FolderTransform::Train { augmentation, size } => augmentation.apply(path, *size, rng),
-            FolderTransform::Eval { resize, crop } => eval_image(path, *resize, *crop),
-        }
+    fn pixels(
+        &self,
+        index: usize,
+        rng: &mut Rng,
+        times: &mut StageTimes,
+    ) -> Result<Pixels, String> {
+        let path = self.folder.path(index);
+        let bytes = timed(&mut times.read, || std::fs::read(&path))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.transform.apply(&bytes, &path.display(), rng, times)
+    }
+}
+
+/// The images of a packed split.
+pub struct PackedImages {
+    pub split: PackedSplit,
+    pub transform: ImageTransform,
+}
+
+impl ImageSource for PackedImages {
+    fn len(&self) -> usize {
+        self.split.len()
+    }
+
+    fn label(&self, index: usize) -> usize {
+        self.split.label(index)
+    }
+
+    fn pixels(
+        &self,
+        index: usize,
+        rng: &mut Rng,
+        times: &mut StageTimes,
+    ) -> Result<Pixels, String> {
+        let bytes = timed(&mut times.read, || self.split.bytes(index));
+        self.transform
+            .apply(bytes, &self.split.name(index), rng, times)
     }
 }
 
@@ -69,10 +140,12 @@ impl ImageSource for SyntheticImages {
         Rng::new(seed_of(&[self.seed, index as u64])).below(self.classes)
     }
 
-    fn pixels(&self, index: usize, _rng: &mut Rng) -> Result<Vec<f32>, String> {
+    fn pixels(&self, index: usize, _: &mut Rng, _: &mut StageTimes) -> Result<Pixels, String> {
         let mut rng = Rng::new(seed_of(&[self.seed, index as u64, 1]));
-        Ok((0..3 * self.size * self.size)
-            .map(|_| rng.normal() as f32)
-            .collect())
+        Ok(Pixels::Float(
+            (0..3 * self.size * self.size)
+                .map(|_| rng.normal() as f32)
+                .collect(),
+        ))
     }
 }

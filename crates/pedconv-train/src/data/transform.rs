@@ -1,12 +1,23 @@
 //! The image transforms: torchvision's evaluation `Resize` + `CenterCrop`, and the training
 //! augmentation ([`Augmentation`]: `RandomResizedCrop` or a plain resize and centre crop,
-//! `RandomHorizontalFlip`, AutoAugment); both end with ImageNet's normalisation.
+//! `RandomHorizontalFlip`, AutoAugment) on 8-bit RGB images; [`normalise`] is ImageNet's
+//! normalisation (the training batches are normalised on the device instead, see
+//! [`super::batcher`]).
 
+use std::cell::RefCell;
+use std::fmt::Display;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use burn::config::Config;
-use image::{imageops, ImageReader, RgbImage};
+use fast_image_resize::images::{CroppedImage, Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{imageops, RgbImage};
 use serde::{Deserialize, Serialize};
+use zune_jpeg::zune_core::bytestream::ZCursor;
+use zune_jpeg::zune_core::colorspace::ColorSpace;
+use zune_jpeg::zune_core::options::DecoderOptions;
+use zune_jpeg::JpegDecoder;
 
 use super::autoaugment::auto_augment;
 use super::rng::Rng;
@@ -15,15 +26,30 @@ use super::rng::Rng;
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Decodes an image by its content (not its extension), converting grayscale, RGBA, CMYK and
-/// 16-bit images to 8-bit RGB. Errors name the file.
-pub fn decode(path: &Path) -> Result<RgbImage, String> {
-    let image = ImageReader::open(path)
-        .and_then(|reader| reader.with_guessed_format())
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .decode()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(image.to_rgb8())
+/// Decodes an encoded image by its content (not its name), converting grayscale, RGBA, CMYK and
+/// 16-bit images to 8-bit RGB; errors name `name`. JPEGs go to zune-jpeg directly, with the
+/// options the image crate gives it (so the pixels are the image crate's), without its copies.
+pub fn decode(bytes: &[u8], name: &dyn Display) -> Result<RgbImage, String> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let options = DecoderOptions::default()
+            .set_strict_mode(false)
+            .set_max_width(usize::MAX)
+            .set_max_height(usize::MAX)
+            .jpeg_set_out_colorspace(ColorSpace::RGB);
+        let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+        let pixels = decoder.decode().map_err(|e| format!("{name}: {e:?}"))?;
+        let (width, height) = decoder.dimensions().expect("headers decoded");
+        return RgbImage::from_raw(width as u32, height as u32, pixels)
+            .ok_or_else(|| format!("{name}: the JPEG decoder returned too few pixels"));
+    }
+    let image = image::load_from_memory(bytes).map_err(|e| format!("{name}: {e}"))?;
+    Ok(image.into_rgb8())
+}
+
+/// Reads and decodes the image file at `path` (see [`decode`]).
+pub fn read_image(path: &Path) -> Result<RgbImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode(&bytes, &path.display())
 }
 
 /// Python's `round` (half to even), which torchvision's centre crop uses.
@@ -45,15 +71,15 @@ fn round_half_even(x: f64) -> usize {
 /// resized to `resize` (bilinear, the other side `floor(resize · long / short)`), then the centre
 /// `crop × crop`. Grayscale, RGBA and CMYK images are converted to RGB first.
 pub fn resize_and_crop(path: &Path, resize: u32, crop: u32) -> Result<RgbImage, String> {
-    resize_and_crop_image(&decode(path)?, resize, crop, path)
+    resize_and_crop_image(&read_image(path)?, resize, crop, &path.display())
 }
 
-/// [`resize_and_crop`] of a decoded image (`path` names it in errors).
-fn resize_and_crop_image(
+/// [`resize_and_crop`] of a decoded image (`name` names it in errors).
+pub fn resize_and_crop_image(
     rgb: &RgbImage,
     resize: u32,
     crop: u32,
-    path: &Path,
+    name: &dyn Display,
 ) -> Result<RgbImage, String> {
     let (w, h) = rgb.dimensions();
     let (ow, oh) = if w <= h {
@@ -63,8 +89,7 @@ fn resize_and_crop_image(
     };
     if ow < crop || oh < crop {
         return Err(format!(
-            "{}: resized to {ow}×{oh}, smaller than the {crop}×{crop} crop",
-            path.display()
+            "{name}: resized to {ow}×{oh}, smaller than the {crop}×{crop} crop"
         ));
     }
     let resized = imageops::resize(rgb, ow, oh, imageops::FilterType::Triangle);
@@ -150,27 +175,35 @@ pub struct Augmentation {
 }
 
 impl Augmentation {
-    /// The training input of the image at `path`, `size × size`, every draw from `rng`.
-    pub fn apply(&self, path: &Path, size: u32, rng: &mut Rng) -> Result<Vec<f32>, String> {
-        let rgb = decode(path)?;
-        let mut image = match &self.crop {
+    /// The training image `size × size` of the encoded image `bytes` (`name` names it in
+    /// errors), every draw from `rng`, the time of each stage added to `times`.
+    pub fn apply(
+        &self,
+        bytes: &[u8],
+        name: &dyn Display,
+        size: u32,
+        rng: &mut Rng,
+        times: &mut StageTimes,
+    ) -> Result<RgbImage, String> {
+        let rgb = timed(&mut times.decode, || decode(bytes, name))?;
+        let mut image = timed(&mut times.crop_resize, || match &self.crop {
             TrainCrop::RandomResized { scale, ratio } => {
-                let (left, top, w, h) =
-                    random_crop_box(rgb.width(), rgb.height(), *scale, *ratio, rng);
-                let crop = imageops::crop_imm(&rgb, left, top, w, h).to_image();
-                imageops::resize(&crop, size, size, imageops::FilterType::Triangle)
+                let crop = random_crop_box(rgb.width(), rgb.height(), *scale, *ratio, rng);
+                Ok(resized_crop(&rgb, crop, (size, size)))
             }
             TrainCrop::ResizeCentre { resize } => {
-                resize_and_crop_image(&rgb, *resize as u32, size, path)?
+                resize_and_crop_image(&rgb, *resize as u32, size, name)
             }
-        };
-        if self.flip && rng.uniform() < 0.5 {
-            imageops::flip_horizontal_in_place(&mut image);
-        }
-        if self.auto_augment {
-            image = auto_augment(image, rng);
-        }
-        Ok(normalise(&image))
+        })?;
+        timed(&mut times.augment, || {
+            if self.flip && rng.uniform() < 0.5 {
+                imageops::flip_horizontal_in_place(&mut image);
+            }
+            if self.auto_augment {
+                image = auto_augment(std::mem::take(&mut image), rng);
+            }
+        });
+        Ok(image)
     }
 
     /// Checks the values against the crop side, naming the first wrong one.
@@ -203,6 +236,74 @@ impl Augmentation {
     }
 }
 
+/// The CPU time images spend in each stage of the training pipeline, summed over images.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Reading the encoded image (a file, or a slice of a memory-mapped pack).
+    pub read: Duration,
+    pub decode: Duration,
+    pub crop_resize: Duration,
+    /// The flip and AutoAugment.
+    pub augment: Duration,
+    /// Copying the images into the batch (channel-major) and the targets.
+    pub assemble: Duration,
+}
+
+impl std::ops::AddAssign for StageTimes {
+    fn add_assign(&mut self, other: Self) {
+        self.read += other.read;
+        self.decode += other.decode;
+        self.crop_resize += other.crop_resize;
+        self.augment += other.augment;
+        self.assemble += other.assemble;
+    }
+}
+
+impl std::ops::SubAssign for StageTimes {
+    fn sub_assign(&mut self, other: Self) {
+        self.read -= other.read;
+        self.decode -= other.decode;
+        self.crop_resize -= other.crop_resize;
+        self.augment -= other.augment;
+        self.assemble -= other.assemble;
+    }
+}
+
+/// Runs `f`, adding its wall time to `total`.
+pub fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let value = f();
+    *total += start.elapsed();
+    value
+}
+
+thread_local! {
+    /// Each thread's resizer (it keeps its buffers between images).
+    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+}
+
+/// torchvision's `resized_crop` with PIL's bilinear filter: the crop `(left, top, width,
+/// height)` of `image` resized to `size = (width, height)` (the filter sees only the crop, as
+/// after PIL's `crop`), by fast_image_resize's SIMD convolution in Pillow's fixed point.
+pub fn resized_crop(image: &RgbImage, crop: (u32, u32, u32, u32), size: (u32, u32)) -> RgbImage {
+    let (left, top, width, height) = crop;
+    let source = ImageRef::new(
+        image.width(),
+        image.height(),
+        image.as_raw(),
+        PixelType::U8x3,
+    )
+    .expect("an RGB image's own buffer");
+    let cropped =
+        CroppedImage::new(&source, left, top, width, height).expect("a crop inside the image");
+    let mut out = Image::new(size.0, size.1, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    RESIZER
+        .with_borrow_mut(|resizer| resizer.resize(&cropped, &mut out, &options))
+        .expect("resizing between RGB images");
+    RgbImage::from_raw(size.0, size.1, out.into_vec()).expect("RGB pixels of the size")
+}
+
 /// `[3, H, W]` channel-major values `(pixel / 255 - MEAN) / STD`.
 pub fn normalise(image: &RgbImage) -> Vec<f32> {
     let (width, height) = image.dimensions();
@@ -229,16 +330,12 @@ mod tests {
         assert_eq!(round_half_even(16.4), 16);
     }
 
-    /// Against PIL (see `tests/fixtures/transform/README.md`). PIL resizes in 8-bit fixed point
-    /// and the image crate in floating point, so pixels may differ by rounding: at most 2 levels
-    /// anywhere and 0.5 on average, where a wrong filter, size or crop offset differs by tens.
-    #[test]
-    fn resize_and_crop_match_torchvision() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/transform");
-        let ours = resize_and_crop(&dir.join("input.png"), 256, 224).unwrap();
-        let expected = image::open(dir.join("expected_crop.png"))
-            .unwrap()
-            .to_rgb8();
+    fn fixtures() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/transform")
+    }
+
+    /// The largest and the mean difference of two images' subpixels.
+    fn differences(ours: &RgbImage, expected: &RgbImage) -> (i32, f64) {
         assert_eq!(ours.dimensions(), expected.dimensions());
         let differences: Vec<i32> = ours
             .as_raw()
@@ -247,8 +344,66 @@ mod tests {
             .map(|(a, b)| (*a as i32 - *b as i32).abs())
             .collect();
         let max = *differences.iter().max().unwrap();
-        let mean = differences.iter().sum::<i32>() as f64 / differences.len() as f64;
+        (
+            max,
+            differences.iter().sum::<i32>() as f64 / differences.len() as f64,
+        )
+    }
+
+    /// Against PIL (see `tests/fixtures/transform/README.md`). PIL resizes in 8-bit fixed point
+    /// and the image crate in floating point, so pixels may differ by rounding: at most 2 levels
+    /// anywhere and 0.5 on average, where a wrong filter, size or crop offset differs by tens.
+    #[test]
+    fn resize_and_crop_match_torchvision() {
+        let ours = resize_and_crop(&fixtures().join("input.png"), 256, 224).unwrap();
+        let expected = read_image(&fixtures().join("expected_crop.png")).unwrap();
+        let (max, mean) = differences(&ours, &expected);
         assert!(max <= 2 && mean <= 0.5, "max difference {max}, mean {mean}");
+    }
+
+    /// The training crop and resize against PIL's crop and resize (torchvision's
+    /// `resized_crop`), with the same tolerance as above: fast_image_resize rounds its
+    /// fixed-point coefficients apart from Pillow's. A filter that saw pixels outside the crop
+    /// (as a crop box given to the resize does) differs by tens along the crop's edges.
+    #[test]
+    fn resized_crops_match_torchvision() {
+        let input = read_image(&fixtures().join("input.png")).unwrap();
+        let boxes = [(17, 40, 201, 150), (150, 100, 60, 45), (0, 5, 301, 240)];
+        for (k, crop) in boxes.into_iter().enumerate() {
+            let name = format!("expected_resized_crop_{k}.png");
+            let expected = read_image(&fixtures().join(&name)).unwrap();
+            let (max, mean) = differences(&resized_crop(&input, crop, (112, 112)), &expected);
+            assert!(
+                max <= 2 && mean <= 0.5,
+                "{name}: max difference {max}, mean {mean}"
+            );
+        }
+    }
+
+    /// The JPEG route (zune-jpeg directly) gives the image crate's pixels, and an unreadable
+    /// file is an error that names it.
+    #[test]
+    fn jpegs_decode_as_the_image_crate_decodes_them() {
+        let input = read_image(&fixtures().join("input.png")).unwrap();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&input)
+            .unwrap();
+        let ours = decode(&jpeg, &"input.jpg").unwrap();
+        let theirs = image::load_from_memory(&jpeg).unwrap().into_rgb8();
+        assert_eq!(ours, theirs);
+        let grey = image::DynamicImage::ImageRgb8(input).into_luma8();
+        let mut grey_jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut grey_jpeg)
+            .encode_image(&grey)
+            .unwrap();
+        let ours = decode(&grey_jpeg, &"grey.jpg").unwrap();
+        let theirs = image::load_from_memory(&grey_jpeg).unwrap().into_rgb8();
+        assert_eq!(ours, theirs, "grayscale, converted to RGB");
+        // Cut inside its headers. (Cut inside its data, it decodes with the rest grey, as the
+        // image crate decodes it.)
+        let error = decode(&jpeg[..100], &"cut.jpg").unwrap_err();
+        assert!(error.starts_with("cut.jpg: "), "{error}");
     }
 
     /// Crops stay inside the image with an area fraction in [0.08, 1] and an aspect ratio in
@@ -309,30 +464,27 @@ mod tests {
     /// flip mirrors it; AutoAugment changes it (with a seed that applies an operation).
     #[test]
     fn augmentation_steps_follow_the_config() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/transform");
-        let input = dir.join("input.png");
+        let path = fixtures().join("input.png");
+        let bytes = std::fs::read(&path).unwrap();
+        let apply = |augmentation: &Augmentation, rng: &mut Rng| {
+            let mut times = StageTimes::default();
+            augmentation
+                .apply(&bytes, &"input.png", 32, rng, &mut times)
+                .unwrap()
+        };
         let plain = Augmentation::new().with_crop(TrainCrop::ResizeCentre { resize: 40 });
         let still = plain.clone().with_flip(false);
-        let eval = eval_image(&input, 40, 32).unwrap();
+        let eval = resize_and_crop(&path, 40, 32).unwrap();
         let mut rng = Rng::new(5);
-        assert_eq!(still.apply(&input, 32, &mut rng).unwrap(), eval);
+        assert_eq!(apply(&still, &mut rng), eval);
         assert_eq!(rng.next_u64(), Rng::new(5).next_u64(), "nothing drawn");
-        let mirrored = |values: &[f32]| -> Vec<f32> {
-            values
-                .chunks(32)
-                .flat_map(|row| row.iter().rev().copied())
-                .collect()
-        };
+        let mirrored = imageops::flip_horizontal(&eval);
         let (mut flips, mut changed) = (0, 0);
         for seed in 0..20 {
-            let flipped = plain.apply(&input, 32, &mut Rng::new(seed)).unwrap();
-            flips += usize::from(flipped == mirrored(&eval));
-            assert!(flipped == eval || flipped == mirrored(&eval));
-            let augmented = still
-                .clone()
-                .with_auto_augment(true)
-                .apply(&input, 32, &mut Rng::new(seed))
-                .unwrap();
+            let flipped = apply(&plain, &mut Rng::new(seed));
+            flips += usize::from(flipped == mirrored);
+            assert!(flipped == eval || flipped == mirrored);
+            let augmented = apply(&still.clone().with_auto_augment(true), &mut Rng::new(seed));
             changed += usize::from(augmented != eval);
         }
         assert!((4..=16).contains(&flips), "{flips} flips of 20");

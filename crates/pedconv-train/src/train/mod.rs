@@ -240,7 +240,8 @@ fn prepare<B: AutodiffBackend>(
     // The images of a batch are decoded by the batcher's `workers` threads; the loaders'
     // orders and augmentations depend on the seed and the epoch alone.
     let batcher = |split: &Split, mixup: f64, bad: &Arc<BadImages>| {
-        ImageBatcher::new(split, data.classes, mixup, config.data.workers, bad.clone())
+        let workers = config.data.workers(config.devices);
+        ImageBatcher::new(split, data.classes, mixup, workers, bad.clone())
     };
     let first_epoch = resume_from + 1;
     let train_loader = EpochLoader::<B>::new(

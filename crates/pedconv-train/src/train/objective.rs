@@ -53,6 +53,16 @@ pub enum GradientReduction {
 /// draw the same noise whatever their timing, and a resumed run the same as an uninterrupted one.
 static NOISE_DRAWS: Mutex<()> = Mutex::new(());
 
+/// `init` run with the backend's generator seeded with `seed`, holding the lock of the
+/// generator, so that tests running at once (which share the generator) cannot draw between
+/// the seeding and the initialisation.
+#[cfg(test)]
+pub(crate) fn seeded<B: Backend, T>(device: &B::Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    let _drawing = NOISE_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
+    B::seed(device, seed);
+    init()
+}
+
 impl<B: Backend> Classifier<B> {
     /// `net` with the objective of `recipe` (its label smoothing, info-max weight, weight
     /// decay, and the passes and devices per optimizer step, whose gradients `reduction`
@@ -241,11 +251,12 @@ mod tests {
     type B = Autodiff<Flex>;
 
     fn classifier(weight_decay: f64, accumulation: usize) -> Classifier<B> {
-        B::seed(&Default::default(), 7);
-        let net = ResNetConfig::new(ResNetDepth::R18)
-            .with_width(0.0625)
-            .with_num_classes(3)
-            .init(&Default::default());
+        let net = seeded::<B, _>(&Default::default(), 7, || {
+            ResNetConfig::new(ResNetDepth::R18)
+                .with_width(0.0625)
+                .with_num_classes(3)
+                .init(&Default::default())
+        });
         let recipe = TrainConfig::builtin()
             .with_weight_decay(weight_decay)
             .with_batch_size(8)
@@ -261,6 +272,7 @@ mod tests {
                     .collect::<Vec<_>>(),
                 [2, 3, 16, 16],
             ),
+            mixup: None,
             targets: TensorData::new(vec![1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0], [2, 3]),
             labels: vec![0, 2],
             noise_seed: 5,

@@ -1,5 +1,6 @@
 //! Unit tests of the training run: data-parallel steps against one device's.
 
+use super::objective::seeded;
 use super::*;
 use crate::config::LrDecay;
 use crate::data::{DataConfig, DataSource};
@@ -28,14 +29,20 @@ impl<B: Backend> ModuleVisitor<B> for Parameters {
     }
 }
 
-/// A PEDConv ResNet-18 without noise and with its batch norms folded away (a network whose
-/// gradients over a batch are the mean of its images' gradients), trained for one epoch of
-/// 3 optimizer steps on `devices` devices of `batch` images; its parameters before and after.
-fn train_folded(devices: usize, batch: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let network = ResNetConfig::new(ResNetDepth::R18)
+/// A PEDConv ResNet-18 without noise.
+fn network() -> ResNetConfig {
+    ResNetConfig::new(ResNetDepth::R18)
         .with_width(0.0625)
         .with_num_classes(3)
-        .with_pedconv(Some(PedConvSettings::new().with_noise_std(0.0)));
+        .with_pedconv(Some(PedConvSettings::new().with_noise_std(0.0)))
+}
+
+/// A [`network`] drawn with seed 5 (holding the generator's lock: tests running beside this
+/// one share it) and its batch norms folded away (a network whose gradients over a batch are
+/// the mean of its images' gradients), trained for one epoch of 3 optimizer steps on `devices`
+/// devices of `batch` images; its parameters before and after.
+fn train_folded(devices: usize, batch: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let network = network();
     let data = DataConfig::new(DataSource::Synthetic {
         train_images: 24,
         valid_images: 4,
@@ -44,7 +51,7 @@ fn train_folded(devices: usize, batch: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) 
     .with_train_crop(8)
     .with_val_resize(8)
     .with_val_crop(8)
-    .with_workers(1);
+    .with_workers(Some(1));
     let config = TrainConfig::new(network.clone(), data)
         .with_epochs(1)
         .with_warmup_epochs(0)
@@ -64,10 +71,11 @@ fn train_folded(devices: usize, batch: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) 
     let _ = std::fs::remove_dir_all(&output);
     type B = Autodiff<Flex>;
     let device = Default::default();
-    B::seed(&device, 5);
     // Folded on the inner backend, where the folded parameters are leaves.
-    let net = ResNet::<B>::from_inner(network.init::<Flex>(&device).fold_batch_norms())
-        .map(&mut Trainable);
+    let initial = seeded::<Flex, _>(&device, 5, || {
+        network.init::<Flex>(&device).fold_batch_norms()
+    });
+    let net = ResNet::<B>::from_inner(initial).map(&mut Trainable);
     let mut initial = Parameters(Vec::new());
     net.visit(&mut initial);
     let model = Classifier::new(net, &config, GradientReduction::Sum);
@@ -81,7 +89,7 @@ fn train_folded(devices: usize, batch: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) 
         ExecutionStrategy::multi(vec![device; devices], MultiDeviceOptim::OptimMainDevice);
     train(job, execution, model).unwrap();
     let trained: ResNet<Flex> = network
-        .init(&device)
+        .init::<Flex>(&device)
         .fold_batch_norms()
         .load_record(output.join(run_dir::FINAL_MODEL), &device)
         .unwrap();

@@ -171,17 +171,24 @@ pub fn apply(op: Operation, magnitude_index: usize, image: &RgbImage, sign: f64)
         TranslateY => affine_nearest(image, [1.0, 0.0, 0.0, 0.0, 1.0, m]),
         Rotate => rotate(image, m),
         Color => {
-            let grey = image.pixels().map(|p| [luma(p); 3]);
-            blend(image, grey.flatten(), m)
+            let mut grey = image.clone();
+            for pixel in grey.pixels_mut() {
+                *pixel = Rgb([luma(pixel); 3]);
+            }
+            blend(image, &grey, m)
         }
         Contrast => {
             let sum: u64 = image.pixels().map(|p| u64::from(luma(p))).sum();
             let pixels = f64::from(image.width()) * f64::from(image.height());
             let mean = (sum as f64 / pixels + 0.5) as u8;
-            blend(image, std::iter::repeat(mean), m)
+            let (w, h) = image.dimensions();
+            blend(image, &RgbImage::from_pixel(w, h, Rgb([mean; 3])), m)
         }
-        Sharpness => blend(image, smooth(image).into_raw(), m),
-        Brightness => blend(image, std::iter::repeat(0), m),
+        Sharpness => blend(image, &smooth(image), m),
+        Brightness => {
+            let (w, h) = image.dimensions();
+            blend(image, &RgbImage::new(w, h), m)
+        }
         // 0 bits (indices 0 and 1, unused by the policy) give black, as PIL did before 13.
         Posterize => {
             let mask = !((1u32 << (8 - m as u32)) - 1) as u8;
@@ -261,15 +268,16 @@ fn luma(p: &Rgb<u8>) -> u8 {
 }
 
 /// `Image.blend(degenerate, image, factor)`, PIL's `ImageEnhance` step: `d + α (x - d)` in
-/// single precision, truncated and clipped to 0..=255 (`degenerate` gives the subpixels of `d`).
-fn blend(image: &RgbImage, degenerate: impl IntoIterator<Item = u8>, factor: f64) -> RgbImage {
+/// single precision, truncated and clipped to 0..=255.
+fn blend(image: &RgbImage, degenerate: &RgbImage, factor: f64) -> RgbImage {
     let alpha = factor as f32;
-    let raw = image.as_raw().iter().zip(degenerate).map(|(&x, d)| {
-        let d = f32::from(d);
+    let mut out = degenerate.clone();
+    for (d, &x) in out.iter_mut().zip(image.as_raw()) {
+        let base = f32::from(*d);
         // `as` saturates: the clip to 0..=255.
-        (d + alpha * (f32::from(x) - d)) as u8
-    });
-    RgbImage::from_raw(image.width(), image.height(), raw.collect()).expect("same size")
+        *d = (base + alpha * (f32::from(x) - base)) as u8;
+    }
+    out
 }
 
 /// PIL's `ImageFilter.SMOOTH`: the 3×3 kernel `[1 1 1; 1 5 1; 1 1 1] / 13` in single precision
@@ -411,39 +419,71 @@ fn rotate(image: &RgbImage, degrees: f64) -> RgbImage {
 /// fixtures (`tests/fixtures/autoaugment/README.md`) two thirds of the pixels differ, by up to 65
 /// levels (up to 16 with `Border::Replicate` and PIL's fill applied afterwards).
 fn affine_bicubic(image: &RgbImage, a: [f64; 6]) -> RgbImage {
+    // `f64::floor` of a coordinate inside the image (from -0.5), by truncation: the same value,
+    // without the library call that x86-64's baseline instruction set makes of `floor`.
+    let floor = |v: f64| {
+        let truncated = v as i64 as f64;
+        if truncated > v {
+            truncated - 1.0
+        } else {
+            truncated
+        }
+    };
     let (w, h) = image.dimensions();
-    // PIL's cubic through four samples at `d` in [0, 1) between the second and third.
+    let (width, height) = (w as usize, h as usize);
+    let source = image.as_raw();
+    // PIL's cubic through four samples at `d` in [0, 1) between the second and third; at
+    // `d = 0` exactly it is the second sample, which is all a shear needs along its fixed axis.
     let cubic = |v: [f64; 4], d: f64| {
         let [v1, v2, v3, v4] = v;
         let (p1, p2, p3, p4) = (v2, -v1 + v3, 2.0 * (v1 - v2) + v3 - v4, -v1 + v2 - v3 + v4);
         p1 + d * (p2 + d * (p3 + d * p4))
     };
-    RgbImage::from_fn(w, h, |x, y| {
-        let (xin, yin) = (f64::from(x) + 0.5, f64::from(y) + 0.5);
-        let sx = a[0] * xin + a[1] * yin + a[2];
-        let sy = a[3] * xin + a[4] * yin + a[5];
-        if sx < 0.0 || sx >= f64::from(w) || sy < 0.0 || sy >= f64::from(h) {
-            return FILL;
+    // The four neighbours' indices along an axis, clamped to the image as PIL does, times
+    // `stride` (the subpixel offset of one step along the axis). Written out: `array::map`
+    // is not inlined here and would double the time of a shear.
+    let taps = |f: f64, size: usize, stride: usize| {
+        let tap = |k: i64| (f as i64 + k).clamp(0, size as i64 - 1) as usize * stride;
+        [tap(-1), tap(0), tap(1), tap(2)]
+    };
+    let mut out = vec![0u8; source.len()];
+    for (y, row_out) in out.chunks_exact_mut(3 * width).enumerate() {
+        for (x, pixel) in row_out.chunks_exact_mut(3).enumerate() {
+            let (xin, yin) = (x as f64 + 0.5, y as f64 + 0.5);
+            let sx = a[0] * xin + a[1] * yin + a[2];
+            let sy = a[3] * xin + a[4] * yin + a[5];
+            if sx < 0.0 || sx >= f64::from(w) || sy < 0.0 || sy >= f64::from(h) {
+                pixel.copy_from_slice(&FILL.0);
+                continue;
+            }
+            let (fx, fy) = (floor(sx - 0.5), floor(sy - 0.5));
+            let (dx, dy) = (sx - 0.5 - fx, sy - 0.5 - fy);
+            // The subpixel offsets of the four neighbours along each axis.
+            let (columns, rows) = (taps(fx, width, 3), taps(fy, height, 3 * width));
+            // The cubic along x through row `row`'s neighbours of channel `k`.
+            let along_x = |row: usize, k: usize| {
+                let at = |column: usize| f64::from(source[row + column + k]);
+                let [c1, c2, c3, c4] = columns;
+                if dx == 0.0 {
+                    at(c2)
+                } else {
+                    cubic([at(c1), at(c2), at(c3), at(c4)], dx)
+                }
+            };
+            for (k, value) in pixel.iter_mut().enumerate() {
+                let [r1, r2, r3, r4] = rows;
+                let interpolated = if dy == 0.0 {
+                    along_x(r2, k)
+                } else {
+                    let along = |row| along_x(row, k);
+                    cubic([along(r1), along(r2), along(r3), along(r4)], dy)
+                };
+                // `as` saturates: PIL's clip to 0..=255 before truncating.
+                *value = interpolated as u8;
+            }
         }
-        let (fx, fy) = ((sx - 0.5).floor(), (sy - 0.5).floor());
-        // The four neighbours' indices along an axis, clamped to the image as PIL does.
-        let taps = |f: f64, size: u32| {
-            std::array::from_fn::<u32, 4, _>(|k| {
-                (f as i64 - 1 + k as i64).clamp(0, size as i64 - 1) as u32
-            })
-        };
-        let (columns, rows) = (taps(fx, w), taps(fy, h));
-        Rgb(std::array::from_fn(|k| {
-            let rows = rows.map(|row| {
-                cubic(
-                    columns.map(|col| f64::from(image.get_pixel(col, row)[k])),
-                    sx - 0.5 - fx,
-                )
-            });
-            // `as` saturates: PIL's clip to 0..=255 before truncating.
-            cubic(rows, sy - 0.5 - fy) as u8
-        }))
-    })
+    }
+    RgbImage::from_raw(w, h, out).expect("an image of the input's size")
 }
 
 #[cfg(test)]
