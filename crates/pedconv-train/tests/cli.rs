@@ -837,8 +837,8 @@ fn train_on_an_image_folder_skips_and_counts_unreadable_images() {
 /// metrics; `eval` reads the pack's validation split as it reads the folder's.
 #[test]
 fn a_packed_folder_trains_and_evaluates_as_the_folder() {
-    let data = image_folder("pack", 6);
-    let with_broken = image_folder("pack-broken", 6);
+    let data = image_folder("pack", 12);
+    let with_broken = image_folder("pack-broken", 12);
     std::fs::write(
         with_broken.join("train/vertical/broken.jpg"),
         b"\xFF\xD8 no",
@@ -855,7 +855,7 @@ fn a_packed_folder_trains_and_evaluates_as_the_folder() {
     assert!(ok, "{stderr}");
     assert!(stderr.contains("broken.jpg"), "named: {stderr}");
     assert!(
-        stdout.contains("12 training and 6 validation images (1 skipped"),
+        stdout.contains("24 training and 6 validation images (1 skipped"),
         "{stdout}"
     );
     let (ok, _, stderr) = pedconv(&[
