@@ -101,7 +101,7 @@ def bench(args):
         for row in ours:
             base = next(b for b in rows if b["auto_augment"] == row["auto_augment"])
             lines.append(
-                f"| {row['source']} | {row['threads']} | {row['auto_augment']} | "
+                f"| {row['source']} {Path(row['path']).name} | {row['threads']} | {row['auto_augment']} | "
                 f"{row['images_per_second']:.0f} | {base['images_per_second']:.0f} | "
                 f"{row['images_per_second'] / base['images_per_second']:.2f} |"
             )

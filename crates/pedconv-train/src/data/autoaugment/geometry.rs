@@ -1,41 +1,67 @@
 //! AutoAugment's geometric operations as PIL computes them: affine maps with nearest-neighbour
-//! (translations, rotations) and bicubic (shears) sampling, the uncovered area filled.
+//! (translations, rotations) and bicubic (shears) sampling, the uncovered area filled. Written
+//! out over the raw pixels: the augmentation runs on every training image.
 
 use image::RgbImage;
-use imageproc::geometric_transformations::{warp, Border, Interpolation, Projection};
 
 use super::FILL;
 
 /// PIL's `Image.transform(size, AFFINE, a, NEAREST, fillcolor=128)`: output pixel `(x, y)` takes
-/// the source pixel containing `a · (x + ½, y + ½, 1)`, the fill when there is none. imageproc's
-/// warp samples the source pixel nearest to the inverse projection of the pixel index, so the
-/// projection's inverse is `a · (p + ½) - ½`; built from that inverse, it keeps PIL's
-/// coefficients (to single precision). PIL walks the coordinates in 16.16 fixed point, so where
-/// they lie within its rounding (about 1e-3 on a small image) of a pixel boundary the two may
-/// take neighbouring pixels.
+/// the source pixel containing `a · (x + ½, y + ½, 1)`, the fill when there is none.
+///
+/// Computed as imageproc's nearest-neighbour `warp` computes it, to the bit, without its
+/// per-pixel generic calls: the pixel index `p` mapped in single precision by the affine map
+/// `a · (p + ½) - ½` (a translation adds its offsets only), rounded to the nearest source pixel
+/// as `floor(v + ½)`. PIL walks the coordinates in 16.16 fixed point, so where they lie within
+/// its rounding (about 1e-3 on a small image) of a pixel boundary the two may take
+/// neighbouring pixels.
 pub fn affine_nearest(image: &RgbImage, a: [f64; 6]) -> RgbImage {
     let [a0, a1, a2, a3, a4, a5] = a;
-    let inverse = [
+    let t = [
         a0,
         a1,
         (a0 + a1) / 2.0 + a2 - 0.5,
         a3,
         a4,
         (a3 + a4) / 2.0 + a5 - 0.5,
-        0.0,
-        0.0,
-        1.0,
     ]
     .map(|v| v as f32);
-    let projection = Projection::from_matrix(inverse)
-        .expect("an invertible affine map")
-        .invert();
-    warp(
-        image,
-        projection,
-        Interpolation::Nearest,
-        Border::Constant(FILL),
-    )
+    // imageproc's classification of the map (its tolerance on single-precision coefficients).
+    let translation = (t[0] - 1.0).abs() < 1e-10
+        && t[1].abs() < 1e-10
+        && t[3].abs() < 1e-10
+        && (t[4] - 1.0).abs() < 1e-10;
+    // `floor` of a coordinate by truncation (the same value, without a library call).
+    let floor = |v: f32| {
+        let truncated = v as i64;
+        if (truncated as f32) > v {
+            truncated - 1
+        } else {
+            truncated
+        }
+    };
+    let (w, h) = image.dimensions();
+    let (width, height) = (w as i64, h as i64);
+    let source = image.as_raw();
+    let mut out = vec![0u8; source.len()];
+    for (y, row) in out.chunks_exact_mut(3 * w as usize).enumerate() {
+        for (x, pixel) in row.chunks_exact_mut(3).enumerate() {
+            let (x, y) = (x as f32, y as f32);
+            let (px, py) = if translation {
+                (x + t[2], y + t[5])
+            } else {
+                (t[0] * x + t[1] * y + t[2], t[3] * x + t[4] * y + t[5])
+            };
+            let (sx, sy) = (floor(px + 0.5), floor(py + 0.5));
+            if sx < 0 || sx >= width || sy < 0 || sy >= height {
+                pixel.copy_from_slice(&FILL.0);
+            } else {
+                let at = 3 * (sy * width + sx) as usize;
+                pixel.copy_from_slice(&source[at..at + 3]);
+            }
+        }
+    }
+    RgbImage::from_raw(w, h, out).expect("an image of the input's size")
 }
 
 /// PIL's `rotate(degrees)` (counter-clockwise about the centre, nearest neighbour), the uncovered
