@@ -1,7 +1,9 @@
 //! Build script: generates the Rust types of TensorBoard's event records
 //! (`proto/tensorboard.proto`) into `$OUT_DIR/tensorboard.rs` with prost-build, compiled by
 //! protox (a protobuf compiler in Rust: no `protoc` needed), as the pedconv crate does for ONNX;
-//! and reads burn's version off the workspace's `Cargo.lock` for `pedconv --version`.
+//! reads burn's version off the workspace's `Cargo.lock` for `pedconv --version`; and with the
+//! `libjpeg-turbo` feature compiles the C side of the JPEG decoder against the system's
+//! libjpeg-turbo.
 
 fn main() {
     println!("cargo:rerun-if-changed=proto/tensorboard.proto");
@@ -20,6 +22,29 @@ fn main() {
         .and_then(|text| package_version(&text, "burn"))
         .unwrap_or_else(|| "(version unknown)".into());
     println!("cargo:rustc-env=PEDCONV_BURN_VERSION={burn}");
+
+    #[cfg(feature = "libjpeg-turbo")]
+    compile_libjpeg_side();
+}
+
+/// Compiles `src/data/transform/libjpeg.c` and links libjpeg-turbo, found by pkg-config.
+#[cfg(feature = "libjpeg-turbo")]
+fn compile_libjpeg_side() {
+    const SOURCE: &str = "src/data/transform/libjpeg.c";
+    println!("cargo:rerun-if-changed={SOURCE}");
+    let library = pkg_config::probe_library("libjpeg").unwrap_or_else(|error| {
+        panic!(
+            "the libjpeg-turbo feature needs libjpeg-turbo's development files \
+             (Debian: libjpeg62-turbo-dev; Ubuntu: libjpeg-turbo8-dev; Fedora: \
+             libjpeg-turbo-devel; macOS: brew install jpeg-turbo), found by pkg-config: {error}"
+        )
+    });
+    cc::Build::new()
+        .file(SOURCE)
+        .includes(&library.include_paths)
+        .warnings(true)
+        .extra_warnings(true)
+        .compile("pedconv_libjpeg");
 }
 
 /// The version of package `name` in a `Cargo.lock`.

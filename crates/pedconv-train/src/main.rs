@@ -23,7 +23,8 @@ use clap::{Parser, Subcommand};
 use backend::BackendChoice;
 use bench::memory::CountingAllocator;
 
-/// `pedconv --version`: this crate's version, burn's, and the backends compiled in.
+/// `pedconv --version`: this crate's version, burn's, the backends and the JPEG decoder
+/// compiled in.
 fn version_text() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
@@ -35,7 +36,7 @@ fn version_text() -> &'static str {
             .collect();
         let gpu = cfg!(any(feature = "wgpu", feature = "cuda"));
         format!(
-            "{} (burn {}; backends: {}{}{})",
+            "{} (burn {}; backends: {}{}{}; JPEGs decoded by {})",
             env!("CARGO_PKG_VERSION"),
             env!("PEDCONV_BURN_VERSION"),
             backends.join(", "),
@@ -48,7 +49,8 @@ fn version_text() -> &'static str {
                 "; CUDA distributed data parallel"
             } else {
                 ""
-            }
+            },
+            data::transform::JPEG_DECODER,
         )
     })
 }

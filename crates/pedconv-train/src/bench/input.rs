@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::data::batcher::{BadImages, ImageBatcher, Sample};
 use crate::data::folder::ImageFolder;
 use crate::data::rng::seed_of;
-use crate::data::transform::{Augmentation, StageTimes};
+use crate::data::transform::{Augmentation, StageTimes, JPEG_DECODER};
 use crate::data::{DataConfig, DataSource};
 
 use super::report::RowLog;
@@ -42,6 +42,8 @@ pub struct InputRow {
     pub path: PathBuf,
     pub threads: usize,
     pub auto_augment: bool,
+    /// The JPEG decoder compiled in: `zune-jpeg`, or `libjpeg-turbo` with its feature.
+    pub jpeg_decoder: &'static str,
     pub images: usize,
     pub images_per_second: f64,
     /// CPU milliseconds per image in each stage (summed over the threads).
@@ -165,6 +167,7 @@ impl InputBench {
                         path: path.clone(),
                         threads,
                         auto_augment,
+                        jpeg_decoder: JPEG_DECODER,
                         images,
                         images_per_second: images as f64 / seconds[seconds.len() / 2],
                         stages_ms: StagesMs::per_image(times, images * self.reps),

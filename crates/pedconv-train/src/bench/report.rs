@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{BenchReport, NetworkRow};
+use crate::data::transform::JPEG_DECODER;
 
 /// `bench.jsonl`: one JSON object a line, each row of the report with its `kind` (`layer` or
 /// `network`), written and flushed as soon as it is measured.
@@ -140,7 +141,7 @@ impl BenchReport {
     /// The input pipeline's tables: images per second with where the CPU time goes, and the
     /// folder scans.
     fn input_markdown(&self) -> String {
-        let mut out = "\n### Input pipeline (random resized crop, flip, [AutoAugment], 8-bit batches; CPU ms per image by stage, summed over threads)\n\n| source | threads | AutoAugment | images | img/s | read | decode | crop+resize | augment | assemble |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n".to_string();
+        let mut out = format!("\n### Input pipeline (random resized crop, flip, [AutoAugment], 8-bit batches, JPEGs decoded by {JPEG_DECODER}; CPU ms per image by stage, summed over threads)\n\n| source | threads | AutoAugment | images | img/s | read | decode | crop+resize | augment | assemble |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for row in &self.input {
             let ms = row.stages_ms;
             out += &format!(

@@ -26,11 +26,46 @@ use super::rng::Rng;
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// A rectangle of an image: `(left, top, width, height)` in pixels.
+pub type Region = (u32, u32, u32, u32);
+
+/// The JPEG decoder compiled in (the `libjpeg-turbo` feature chooses it; see [`Opened`]).
+pub const JPEG_DECODER: &str = if cfg!(feature = "libjpeg-turbo") {
+    "libjpeg-turbo"
+} else {
+    "zune-jpeg"
+};
+
 /// Decodes an encoded image by its content (not its name), converting grayscale, RGBA, CMYK and
-/// 16-bit images to 8-bit RGB; errors name `name`. JPEGs go to zune-jpeg directly, with the
-/// options the image crate gives it (so the pixels are the image crate's), without its copies.
+/// 16-bit images to 8-bit RGB; errors name `name`. See [`Opened`] for the JPEG decoders.
 pub fn decode(bytes: &[u8], name: &dyn Display) -> Result<RgbImage, String> {
-    if bytes.starts_with(&[0xFF, 0xD8]) {
+    Opened::read(bytes, name)?.into_image(name)
+}
+
+/// An encoded image whose dimensions are known: with the `libjpeg-turbo` feature a JPEG with
+/// its headers read, so that a crop can be decoded alone ([`Self::region`]); any other image
+/// decoded whole. JPEGs go to zune-jpeg directly otherwise, with the options that the image
+/// crate gives it (so the pixels are the image crate's), without its copies.
+pub enum Opened<'a> {
+    #[cfg(feature = "libjpeg-turbo")]
+    Jpeg(libjpeg::Jpeg<'a>),
+    Decoded(RgbImage, std::marker::PhantomData<&'a [u8]>),
+}
+
+impl<'a> Opened<'a> {
+    pub fn read(bytes: &'a [u8], name: &dyn Display) -> Result<Self, String> {
+        let decoded = |image| Ok(Self::Decoded(image, std::marker::PhantomData));
+        if !bytes.starts_with(&[0xFF, 0xD8]) {
+            let image = image::load_from_memory(bytes).map_err(|e| format!("{name}: {e}"))?;
+            return decoded(image.into_rgb8());
+        }
+        #[cfg(feature = "libjpeg-turbo")]
+        {
+            let jpeg = libjpeg::Jpeg::open(bytes, name)?;
+            if jpeg.converts_to_rgb() {
+                return Ok(Self::Jpeg(jpeg));
+            }
+        }
         let options = DecoderOptions::default()
             .set_strict_mode(false)
             .set_max_width(usize::MAX)
@@ -39,11 +74,40 @@ pub fn decode(bytes: &[u8], name: &dyn Display) -> Result<RgbImage, String> {
         let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
         let pixels = decoder.decode().map_err(|e| format!("{name}: {e:?}"))?;
         let (width, height) = decoder.dimensions().expect("headers decoded");
-        return RgbImage::from_raw(width as u32, height as u32, pixels)
-            .ok_or_else(|| format!("{name}: the JPEG decoder returned too few pixels"));
+        match RgbImage::from_raw(width as u32, height as u32, pixels) {
+            Some(image) => decoded(image),
+            None => Err(format!("{name}: the JPEG decoder returned too few pixels")),
+        }
     }
-    let image = image::load_from_memory(bytes).map_err(|e| format!("{name}: {e}"))?;
-    Ok(image.into_rgb8())
+
+    pub fn dimensions(&self) -> (u32, u32) {
+        match self {
+            #[cfg(feature = "libjpeg-turbo")]
+            Self::Jpeg(jpeg) => jpeg.dimensions(),
+            Self::Decoded(image, _) => image.dimensions(),
+        }
+    }
+
+    /// An image holding the region `(left, top, width, height)` of this one, and where the
+    /// region lies in it: a decoded image whole; a JPEG's rows of the region and the columns of
+    /// whole blocks around it (libjpeg-turbo: the pixels of the whole image's decode).
+    #[cfg_attr(not(feature = "libjpeg-turbo"), allow(unused_variables))]
+    pub fn region(self, region: Region, name: &dyn Display) -> Result<(RgbImage, Region), String> {
+        match self {
+            #[cfg(feature = "libjpeg-turbo")]
+            Self::Jpeg(jpeg) => {
+                let (image, left) = jpeg.decode_region(region, name)?;
+                Ok((image, (left, 0, region.2, region.3)))
+            }
+            Self::Decoded(image, _) => Ok((image, region)),
+        }
+    }
+
+    /// The whole image, decoded.
+    pub fn into_image(self, name: &dyn Display) -> Result<RgbImage, String> {
+        let (width, height) = self.dimensions();
+        Ok(self.region((0, 0, width, height), name)?.0)
+    }
 }
 
 /// Reads and decodes the image file at `path` (see [`decode`]).
@@ -112,7 +176,7 @@ pub fn random_crop_box(
     scale: [f64; 2],
     ratio: [f64; 2],
     rng: &mut Rng,
-) -> (u32, u32, u32, u32) {
+) -> Region {
     let area = width as f64 * height as f64;
     for _ in 0..10 {
         let target = area * rng.range(scale[0], scale[1]);
@@ -185,16 +249,23 @@ impl Augmentation {
         rng: &mut Rng,
         times: &mut StageTimes,
     ) -> Result<RgbImage, String> {
-        let rgb = timed(&mut times.decode, || decode(bytes, name))?;
-        let mut image = timed(&mut times.crop_resize, || match &self.crop {
+        let opened = timed(&mut times.decode, || Opened::read(bytes, name))?;
+        let mut image = match &self.crop {
             TrainCrop::RandomResized { scale, ratio } => {
-                let crop = random_crop_box(rgb.width(), rgb.height(), *scale, *ratio, rng);
-                Ok(resized_crop(&rgb, crop, (size, size)))
+                let (width, height) = opened.dimensions();
+                let crop = random_crop_box(width, height, *scale, *ratio, rng);
+                let (pixels, crop) = timed(&mut times.decode, || opened.region(crop, name))?;
+                timed(&mut times.crop_resize, || {
+                    resized_crop(&pixels, crop, (size, size))
+                })
             }
             TrainCrop::ResizeCentre { resize } => {
-                resize_and_crop_image(&rgb, *resize as u32, size, name)
+                let rgb = timed(&mut times.decode, || opened.into_image(name))?;
+                timed(&mut times.crop_resize, || {
+                    resize_and_crop_image(&rgb, *resize as u32, size, name)
+                })?
             }
-        })?;
+        };
         timed(&mut times.augment, || {
             if self.flip && rng.uniform() < 0.5 {
                 mirror(&mut image);
@@ -297,7 +368,7 @@ thread_local! {
 /// torchvision's `resized_crop` with PIL's bilinear filter: the crop `(left, top, width,
 /// height)` of `image` resized to `size = (width, height)` (the filter sees only the crop, as
 /// after PIL's `crop`), by fast_image_resize's SIMD convolution in Pillow's fixed point.
-pub fn resized_crop(image: &RgbImage, crop: (u32, u32, u32, u32), size: (u32, u32)) -> RgbImage {
+pub fn resized_crop(image: &RgbImage, crop: Region, size: (u32, u32)) -> RgbImage {
     let (left, top, width, height) = crop;
     let source = ImageRef::new(
         image.width(),
@@ -330,5 +401,7 @@ pub fn normalise(image: &RgbImage) -> Vec<f32> {
     values
 }
 
+#[cfg(feature = "libjpeg-turbo")]
+mod libjpeg;
 #[cfg(test)]
 mod tests;
