@@ -1216,8 +1216,8 @@ fn bench_reports_layers_and_networks_with_ratios() {
     assert!(!ok && stderr.contains("unknown network `r19`"), "{stderr}");
 }
 
-/// `--version` names burn's version (from Cargo.lock), the backends of this build and burn's
-/// fusion on its GPU backends (the default features).
+/// `--version` names burn's version (from Cargo.lock), the backends of this build, burn's
+/// fusion on its GPU backends and the JPEG decoder (the default features: zune-jpeg).
 #[test]
 fn version_names_burn_and_the_backends() {
     let (ok, stdout, stderr) = pedconv(&["--version"]);
@@ -1233,7 +1233,7 @@ fn version_names_burn_and_the_backends() {
         .expect("burn in Cargo.lock");
     assert!(
         stdout.starts_with(&format!(
-            "pedconv {} (burn {burn}; backends: flex, ndarray, wgpu, vulkan; GPU backends with burn's fusion)",
+            "pedconv {} (burn {burn}; backends: flex, ndarray, wgpu, vulkan; GPU backends with burn's fusion; JPEGs decoded by zune-jpeg)",
             env!("CARGO_PKG_VERSION")
         )),
         "{stdout}"
