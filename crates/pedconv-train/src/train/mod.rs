@@ -168,8 +168,8 @@ fn run<B: AutodiffBackend>(
     let device = execution.main_device().clone();
     // The initialisation (replaced by the checkpoint when resuming); every training forward
     // seeds the generator again with its batch's noise seed.
-    B::seed(&device, config.seed);
-    let model = Classifier::new(config.model.init(&device), config, reduction);
+    let net = objective::seeded::<B, _>(&device, config.seed, || config.model.init(&device));
+    let model = Classifier::new(net, config, reduction);
     train(job, execution, model)
 }
 

@@ -54,9 +54,8 @@ pub enum GradientReduction {
 static NOISE_DRAWS: Mutex<()> = Mutex::new(());
 
 /// `init` run with the backend's generator seeded with `seed`, holding the lock of the
-/// generator, so that tests running at once (which share the generator) cannot draw between
-/// the seeding and the initialisation.
-#[cfg(test)]
+/// generator, so that training forwards (and tests) running at once, which share the
+/// generator, cannot draw between the seeding and the initialisation.
 pub(crate) fn seeded<B: Backend, T>(device: &B::Device, seed: u64, init: impl FnOnce() -> T) -> T {
     let _drawing = NOISE_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
     B::seed(device, seed);
