@@ -1145,6 +1145,8 @@ fn bench_reports_layers_and_networks_with_ratios() {
         "r18",
         "--layer-batch",
         "1",
+        "--layer-image",
+        "64",
         "--networks",
         "r18",
         "--settings",
@@ -1167,6 +1169,8 @@ fn bench_reports_layers_and_networks_with_ratios() {
     // ResNet-18 has 7 distinct PEDConv shapes, each measured with burn's static convolution,
     // the static convolution as the ResNets run it, and both paths.
     assert_eq!(layers.len(), 7 * 4, "{report}");
+    // The shapes of a 64×64 input: the first blocks see the stem's 16×16 output.
+    assert_eq!(layers[0]["layer"], "8→8 3×3 /1 @ 16×16", "{report}");
     assert_eq!(
         layers
             .iter()
@@ -1214,6 +1218,8 @@ fn bench_reports_layers_and_networks_with_ratios() {
     );
     let (ok, _, stderr) = pedconv(&["bench", "--networks", "r19"]);
     assert!(!ok && stderr.contains("unknown network `r19`"), "{stderr}");
+    let (ok, _, stderr) = pedconv(&["bench", "--layer-image", "16"]);
+    assert!(!ok && stderr.contains("--layer-image: 16"), "{stderr}");
 }
 
 /// `--version` names burn's version (from Cargo.lock), the backends of this build, burn's

@@ -35,10 +35,12 @@ use report::RowLog;
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct Bench {
-    /// Networks whose PEDConv layers are measured one by one (at 224×224 inputs).
+    /// Networks whose PEDConv layers are measured one by one (at `layer_image`² inputs).
     pub layer_networks: Vec<ResNetDepth>,
     /// Batch of the per-layer measurements.
     pub layer_batch: usize,
+    /// Side of the network input whose layer shapes are measured.
+    pub layer_image: usize,
     /// Networks measured whole, static and PEDConv.
     pub networks: Vec<ResNetDepth>,
     /// `(batch, image side)` of the whole-network measurements.
@@ -80,8 +82,12 @@ pub struct LayerRow {
     pub count: usize,
     /// `static` or the PEDConv path.
     pub operator: String,
-    /// The path `Auto` takes for this shape.
-    pub auto_path: String,
+    /// The path `Auto` takes for this shape in inference (on the backend itself), as timed
+    /// by `forward`.
+    pub auto_inference: String,
+    /// The path `Auto` takes for this shape in training (on its autodiff backend), as timed by
+    /// `forward_backward`.
+    pub auto_training: String,
     pub forward: Measure,
     pub forward_backward: Measure,
 }
@@ -111,6 +117,7 @@ pub struct BenchReport {
     pub threads: usize,
     pub reps: usize,
     pub layer_batch: usize,
+    pub layer_image: usize,
     pub width: f64,
     pub checkpointing: Checkpointing,
     pub precision: Precision,
@@ -174,6 +181,7 @@ impl BackendJob for Bench {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             reps: self.reps,
             layer_batch: self.layer_batch,
+            layer_image: self.layer_image,
             width: self.width,
             checkpointing: self.checkpointing,
             precision: self.precision,
@@ -185,10 +193,14 @@ impl BackendJob for Bench {
     }
 }
 
-/// The distinct PEDConv layers of a network at 224×224, in order, with their multiplicity.
-fn distinct_layers(config: &ResNetConfig) -> Vec<(PedConv2dConfig, [usize; 2], usize)> {
+/// The distinct PEDConv layers of a network on `image`² inputs, in order, with their
+/// multiplicity.
+fn distinct_layers(
+    config: &ResNetConfig,
+    image: usize,
+) -> Vec<(PedConv2dConfig, [usize; 2], usize)> {
     let mut distinct: Vec<(PedConv2dConfig, [usize; 2], usize)> = Vec::new();
-    for layer in config.conv_layers([224, 224]) {
+    for layer in config.conv_layers([image, image]) {
         if !layer.dynamic {
             continue;
         }
@@ -214,7 +226,7 @@ fn bench_layers<B: JobBackend>(
     type Ad<B> = Autodiff<B>;
     let network = ResNetConfig::new(depth).with_width(bench.width).dynamic();
     let mut rows = Vec::new();
-    for (config, [h, w], count) in distinct_layers(&network) {
+    for (config, [h, w], count) in distinct_layers(&network, bench.layer_image) {
         let [cin, cout] = config.channels;
         let [k, _] = config.kernel_size;
         let ped: PedConv2d<Ad<B>> = config.init(device);
@@ -230,7 +242,10 @@ fn bench_layers<B: JobBackend>(
         );
         let geometry = ped.geometry([h, w]);
         let [ho, wo] = geometry.output_size;
-        let auto = ComputePath::Auto.resolve::<Ad<B>>(cout / config.groups, ho * wo);
+        let (outputs_per_group, pixels) = (cout / config.groups, ho * wo);
+        let auto_inference = path_name(ComputePath::Auto.resolve::<B>(outputs_per_group, pixels));
+        let auto_training =
+            path_name(ComputePath::Auto.resolve::<Ad<B>>(outputs_per_group, pixels));
         let layer = format!("{cin}→{cout} {k}×{k} /{} @ {h}×{w}", config.stride[0]);
         eprintln!("bench: {} {layer} …", depth_name(depth));
         let x_inner = x.clone().inner();
@@ -239,7 +254,8 @@ fn bench_layers<B: JobBackend>(
             layer: layer.clone(),
             count,
             operator,
-            auto_path: path_name(auto),
+            auto_inference: auto_inference.clone(),
+            auto_training: auto_training.clone(),
             forward,
             forward_backward,
         };

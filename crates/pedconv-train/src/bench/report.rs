@@ -40,6 +40,19 @@ impl RowLog {
     }
 }
 
+/// `value / base` to two places, or `–` where the base is below `smallest` (a peak too small for
+/// the millisecond sampling to compare).
+fn ratio(value: f64, base: f64, smallest: f64) -> String {
+    if base >= smallest && base > 0.0 {
+        format!("{:.2}", value / base)
+    } else {
+        "–".into()
+    }
+}
+
+/// The smallest peak, in MiB, that a peak is compared with.
+const SMALLEST_PEAK_MIB: f64 = 0.5;
+
 impl BenchReport {
     /// Markdown tables: per layer (each operator against the static convolution of the same
     /// shape), then per network (PEDConv against static at the same batch and resolution).
@@ -64,8 +77,8 @@ impl BenchReport {
         );
         if !self.layers.is_empty() {
             out += &format!(
-                "\n### Layers (batch {}, width {})\n\n| network | layer | × | operator | forward ms | ×static | fwd+bwd ms | ×static | peak fwd+bwd MiB | ×static |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-                self.layer_batch, self.width
+                "\n### Layers (batch {}, width {}, the layer shapes of {}² images)\n\n| network | layer | × | operator | forward ms | ×static | fwd+bwd ms | ×static | peak fwd+bwd MiB | ×static |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                self.layer_batch, self.width, self.layer_image
             );
             for row in &self.layers {
                 let base = self
@@ -75,23 +88,35 @@ impl BenchReport {
                         r.network == row.network && r.layer == row.layer && r.operator == "static"
                     })
                     .expect("a static row per layer");
-                let auto = if row.operator == row.auto_path {
-                    " (Auto)"
-                } else {
-                    ""
+                let auto = match (
+                    row.operator == row.auto_inference,
+                    row.operator == row.auto_training,
+                ) {
+                    (true, true) => " (Auto)",
+                    (true, false) => " (Auto in inference)",
+                    (false, true) => " (Auto in training)",
+                    (false, false) => "",
                 };
                 out += &format!(
-                    "| {} | {} | {} | {}{auto} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |\n",
+                    "| {} | {} | {} | {}{auto} | {:.2} | {} | {:.2} | {} | {:.1} | {} |\n",
                     row.network,
                     row.layer,
                     row.count,
                     row.operator,
                     row.forward.millis,
-                    row.forward.millis / base.forward.millis,
+                    ratio(row.forward.millis, base.forward.millis, 0.0),
                     row.forward_backward.millis,
-                    row.forward_backward.millis / base.forward_backward.millis,
+                    ratio(
+                        row.forward_backward.millis,
+                        base.forward_backward.millis,
+                        0.0
+                    ),
                     row.forward_backward.peak(),
-                    row.forward_backward.peak() / base.forward_backward.peak(),
+                    ratio(
+                        row.forward_backward.peak(),
+                        base.forward_backward.peak(),
+                        SMALLEST_PEAK_MIB
+                    ),
                 );
             }
         }
@@ -119,17 +144,29 @@ impl BenchReport {
                     .expect("a static row");
                 for row in rows {
                     out += &format!(
-                        "| {} | {} | {}² | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} |\n",
+                        "| {} | {} | {}² | {} | {:.2} | {} | {:.0} | {} | {:.2} | {} | {:.0} |\n",
                         row.network,
                         row.batch,
                         row.image_size,
                         row.model,
                         row.train_images_per_second,
-                        row.train_images_per_second / base.train_images_per_second,
+                        ratio(
+                            row.train_images_per_second,
+                            base.train_images_per_second,
+                            0.0
+                        ),
                         row.train_step.peak(),
-                        row.train_step.peak() / base.train_step.peak(),
+                        ratio(
+                            row.train_step.peak(),
+                            base.train_step.peak(),
+                            SMALLEST_PEAK_MIB
+                        ),
                         row.inference_images_per_second,
-                        row.inference_images_per_second / base.inference_images_per_second,
+                        ratio(
+                            row.inference_images_per_second,
+                            base.inference_images_per_second,
+                            0.0
+                        ),
                         row.inference.peak(),
                     );
                 }

@@ -16,13 +16,18 @@ pub struct BenchArgs {
     /// Where to measure; `--precision` is the whole networks' (the layers compute in f32).
     #[command(flatten)]
     on: DeviceArgs,
-    /// Networks whose PEDConv layer shapes (at 224×224) are measured one by one, comma-separated
-    /// (`r18`, `r34`, `r50`, `r101`), or `none`. Default: `r18,r50`, or `none` with `--input`.
+    /// Networks whose PEDConv layer shapes (at `--layer-image`) are measured one by one,
+    /// comma-separated (`r18`, `r34`, `r50`, `r101`), or `none`. Default: `r18,r50`, or `none`
+    /// with `--input`.
     #[arg(long)]
     layers: Option<String>,
     /// Batch of the per-layer measurements.
     #[arg(long, default_value_t = 8)]
     layer_batch: usize,
+    /// Side of the network input whose layer shapes the per-layer measurements take (at least
+    /// 32).
+    #[arg(long, default_value_t = 224)]
+    layer_image: usize,
     /// Networks measured whole, static and PEDConv, comma-separated, or `none`. Default: `r18`,
     /// or `none` with `--input`.
     #[arg(long)]
@@ -101,6 +106,12 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.reps == 0 || args.layer_batch == 0 || args.width.is_nan() || args.width <= 0.0 {
         return Err("--reps, --layer-batch and --width must be positive".into());
     }
+    if args.layer_image < 32 {
+        return Err(format!(
+            "--layer-image: {} is smaller than a ResNet's 32-pixel downsampling",
+            args.layer_image
+        ));
+    }
     let model_default = |default: &'static str| {
         if args.input.is_empty() {
             default
@@ -131,6 +142,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     let job = Bench {
         layer_networks: parse_depths("--layers", layers)?,
         layer_batch: args.layer_batch,
+        layer_image: args.layer_image,
         networks: parse_depths("--networks", networks)?,
         settings: parse_settings(&args.settings)?,
         width: args.width,
