@@ -84,6 +84,9 @@ fn parse_depths(flag: &str, list: &str) -> Result<Vec<ResNetDepth>, String> {
         .collect()
 }
 
+/// The smallest image side a ResNet takes: its stem and stages downsample 32 times.
+const SMALLEST_SIDE: usize = 32;
+
 fn parse_settings(list: &str) -> Result<Vec<(usize, usize)>, String> {
     list.split(',')
         .map(|setting| {
@@ -91,11 +94,11 @@ fn parse_settings(list: &str) -> Result<Vec<(usize, usize)>, String> {
                 .trim()
                 .split_once(['x', '×'])
                 .and_then(|(b, s)| Some((b.parse().ok()?, s.parse().ok()?)))
-                .filter(|&(b, s): &(usize, usize)| b > 0 && s >= 32);
+                .filter(|&(b, s): &(usize, usize)| b > 0 && s >= SMALLEST_SIDE);
             parsed.ok_or_else(|| {
                 format!(
                     "--settings: `{setting}` is not BATCHxSIDE with a positive batch and a side \
-                     of at least 32 (e.g. 16x224)"
+                     of at least {SMALLEST_SIDE} (e.g. 16x224)"
                 )
             })
         })
@@ -106,9 +109,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.reps == 0 || args.layer_batch == 0 || args.width.is_nan() || args.width <= 0.0 {
         return Err("--reps, --layer-batch and --width must be positive".into());
     }
-    if args.layer_image < 32 {
+    if args.layer_image < SMALLEST_SIDE {
         return Err(format!(
-            "--layer-image: {} is smaller than a ResNet's 32-pixel downsampling",
+            "--layer-image: {} is smaller than a ResNet's {SMALLEST_SIDE}-pixel downsampling",
             args.layer_image
         ));
     }
