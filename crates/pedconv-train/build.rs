@@ -3,7 +3,7 @@
 //! protox (a protobuf compiler in Rust: no `protoc` needed), as the pedconv crate does for ONNX;
 //! reads burn's version off the workspace's `Cargo.lock` for `pedconv --version`; and with the
 //! `libjpeg-turbo` feature compiles the C side of the JPEG decoder against the system's
-//! libjpeg-turbo.
+//! libjpeg-turbo; in release builds on Linux, has the linker compress the binary's line tables.
 
 fn main() {
     println!("cargo:rerun-if-changed=proto/tensorboard.proto");
@@ -25,6 +25,20 @@ fn main() {
 
     #[cfg(feature = "libjpeg-turbo")]
     compile_libjpeg_side();
+    compress_release_line_tables();
+}
+
+/// In release builds on Linux, the linker compresses the `pedconv` binary's debug sections
+/// with zlib, which Rust's backtraces read, and leaves out the local symbols: the line tables
+/// that name this workspace's files, lines and functions in a backtrace (the dependencies have
+/// none, `[profile.release]`) shrink to about a third, and the symbol table, whose names the
+/// line tables repeat, goes.
+fn compress_release_line_tables() {
+    let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
+    if linux && std::env::var("PROFILE").is_ok_and(|profile| profile == "release") {
+        println!("cargo:rustc-link-arg-bins=-Wl,--compress-debug-sections=zlib");
+        println!("cargo:rustc-link-arg-bins=-Wl,--discard-all");
+    }
 }
 
 /// Compiles `src/data/transform/libjpeg.c` and links libjpeg-turbo, found by pkg-config.

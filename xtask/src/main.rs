@@ -1,23 +1,29 @@
 //! Project tasks: `cargo xtask <task>`. Each task runs cargo commands; see `cargo xtask help`.
 
 mod gpu_check;
+mod suites;
 
+use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const HELP: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  test        the tests: the suite on flex and on wgpu (needs a Vulkan driver, e.g. Mesa's
-              lavapipe), and the downstream crate (tests/downstream) on wgpu
+  test        the README's test command: provides what the tests need (Python packages in
+              a venv under target/; as root, Mesa's Vulkan driver and libjpeg-turbo's
+              development files), runs every suite (CPU, wgpu, libjpeg-turbo, the
+              downstream crate) and names any suite that did not run or pass
   lint        rustfmt --check and clippy with warnings as errors
   ci          lint, test: what .ci/run runs
   bench       `pedconv bench` in a release build (arguments after `bench` are passed on;
               default: flex, ResNet-18 and -50 layers, ResNet-18 at 16x224 and 64x64)
-  gpu-check   build the CUDA binaries (`pedconv`, its DDP build, the tests on CUDA),
+  gpu-check [--cache FILE]
+              build the CUDA binaries (`pedconv`, its DDP build, the tests on CUDA),
               stripped and compressed, into gpu-check/ with run.sh, which runs them on a
               machine with an NVIDIA GPU and no internet under one deadline, writing
-              docs/gpu-notes.md after every step (docs/gpu-check.md); print the command
+              docs/gpu-notes.md after every step (docs/gpu-check.md); print the command.
+              --cache: the kernel and autotune cache a run returned, for a warm start
 ";
 
 fn cargo(args: &[&str]) -> Result<(), String> {
@@ -39,20 +45,12 @@ fn run_cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     }
 }
 
-fn test() -> Result<(), String> {
-    cargo(&["test", "--workspace"])?;
-    downstream()
-}
-
-/// The downstream crate, a user's crate with burn's default features, trained on wgpu.
-fn downstream() -> Result<(), String> {
-    cargo(&[
-        "run",
-        "--manifest-path",
-        "tests/downstream/Cargo.toml",
-        "--target-dir",
-        "target",
-    ])
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> Result<PathBuf, String> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "the xtask crate has no parent directory".to_string())
 }
 
 fn lint() -> Result<(), String> {
@@ -73,9 +71,9 @@ fn main() {
         .split_first()
         .map_or(("", &[][..]), |(t, r)| (t.as_str(), r));
     let result = match task {
-        "test" => test(),
+        "test" => suites::run(),
         "lint" => lint(),
-        "ci" => lint().and_then(|()| test()),
+        "ci" => lint().and_then(|()| suites::run()),
         "bench" => {
             let mut command = vec![
                 "run",
@@ -88,7 +86,7 @@ fn main() {
             command.extend(rest.iter().map(String::as_str));
             cargo(&command)
         }
-        "gpu-check" => gpu_check::build(),
+        "gpu-check" => gpu_check::build(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

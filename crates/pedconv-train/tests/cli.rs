@@ -356,9 +356,9 @@ fn tensorboard_scalars(run: &Path) -> Option<serde_json::Value> {
             return None;
         }
         panic!(
-            "TensorBoard is missing: `python3 -c \"import tensorboard\"` fails. Install it with \
-             `python3 -m pip install tensorboard`, or set PEDCONV_SKIP_TENSORBOARD=1 to skip \
-             reading the event files"
+            "TensorBoard is missing: `python3 -c \"import tensorboard\"` fails. `cargo xtask \
+             test` installs it (tests/requirements.txt, in a venv under target/); or set \
+             PEDCONV_SKIP_TENSORBOARD=1 to skip reading the event files"
         );
     }
     let script =

@@ -2,7 +2,7 @@
 //! and compared with burn's logits of the same model on the same images (batch 1 and batch 7,
 //! at two image sizes, since batch and image size are dynamic in the graph).
 //!
-//! onnxruntime comes from Python (`python3 -m pip install onnxruntime onnx numpy`, as CI does).
+//! onnxruntime comes from Python (tests/requirements.txt, which `cargo xtask test` installs).
 //! Without it the tests fail, saying so, unless `PEDCONV_SKIP_ONNXRUNTIME=1` is set: then they
 //! export and compute burn's logits but skip the runtime check.
 
@@ -111,8 +111,8 @@ fn check_in_onnxruntime(onnx: &Path, cases: &[PathBuf]) {
         }
         panic!(
             "onnxruntime is missing: `python3 -c \"import onnxruntime, onnx, numpy\"` fails. \
-             Install it with `python3 -m pip install onnxruntime onnx numpy`, or set \
-             PEDCONV_SKIP_ONNXRUNTIME=1 to skip the runtime check"
+             `cargo xtask test` installs them (tests/requirements.txt, in a venv under \
+             target/); or set PEDCONV_SKIP_ONNXRUNTIME=1 to skip the runtime check"
         );
     }
     let output = Command::new("python3")

@@ -72,7 +72,7 @@ mod tests {
     type B = Autodiff<GpuBackend>;
 
     #[test]
-    fn kernels_equal_burns_activations_with_their_gradients() {
+    fn kernels_equal_burns_activations_with_their_gradients_on_the_gpu() {
         assert!(GpuBackend::activation_kernels(), "the kernels run");
         assert!(
             crate::backend::BackendClass::of::<B>().columns_native(),

@@ -127,6 +127,7 @@ mod tests {
     /// equal to the last bit.
     #[test]
     fn steps_equal_burns_sgd_without_dampening() {
+        let _drawing = crate::testing::drawing();
         for nesterov in [false, true] {
             let sgd = MomentumSgd {
                 momentum: 0.875,

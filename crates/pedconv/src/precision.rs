@@ -75,6 +75,7 @@ mod tests {
     /// stem's gradient at a cosine within 25 ε of 1 (measured: 13 ε, 12.6 ε).
     #[test]
     fn half_precision_inputs_train_float32_parameters() {
+        let _drawing = crate::testing::drawing();
         let device = Default::default();
         B::seed(&device, 3);
         let net = ResNetConfig::new(ResNetDepth::R18)

@@ -47,6 +47,14 @@ pub(crate) fn assert_close(what: &str, actual: &TensorData, expected: &TensorDat
     );
 }
 
+/// The backend's generator is one per process, shared by the tests running at once: a test
+/// that draws from flex's holds this guard for its whole body, so that a test that seeds the
+/// generator draws what its seed gives, whatever the other tests do meanwhile.
+pub(crate) fn drawing() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Normal values of `dtype`, from the backend's generator.
 pub(crate) fn normal<B: Backend, const D: usize>(
     shape: [usize; D],

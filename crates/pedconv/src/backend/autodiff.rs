@@ -229,6 +229,7 @@ mod tests {
     /// their input).
     #[test]
     fn gradients_equal_autodiff_of_the_composition() {
+        let _drawing = crate::testing::drawing();
         let pad1 = PaddingConfig2d::Explicit(1, 1, 1, 1);
         // (channels [in, out], kernel, stride, dilation, padding, groups, rank, [batch, H, W])
         let cases = [

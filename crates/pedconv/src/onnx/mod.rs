@@ -177,6 +177,7 @@ mod tests {
 
     #[test]
     fn static_and_pedconv_resnets_export_with_or_without_batch_norms() {
+        let _drawing = crate::testing::drawing();
         let device = Default::default();
         let small = |config: ResNetConfig| config.with_width(0.25).with_num_classes(10);
         let rank_two = PedConvSettings::new().with_rank(2);
@@ -204,6 +205,7 @@ mod tests {
 
     #[test]
     fn im2col_kernels_copy_one_tap_of_one_channel_each() {
+        let _drawing = crate::testing::drawing();
         let mut g = graph::Graph::default();
         let name = layers::im2col_kernels(&mut g, 2, [2, 3]);
         let graph = g.finish("test", &[], &[]);
@@ -226,6 +228,7 @@ mod tests {
 
     #[test]
     fn grouped_pedconv_layers_are_refused_naming_the_layer() {
+        let _drawing = crate::testing::drawing();
         let device = Default::default();
         let mut model = ResNetConfig::resnet18()
             .with_width(0.25)

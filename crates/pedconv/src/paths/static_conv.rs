@@ -100,6 +100,7 @@ mod tests {
     /// here): 1e-12 of the largest value in float64, 1e-5 in float32 (about 100 ulps).
     #[test]
     fn static_convolution_equals_burns() {
+        let _drawing = crate::testing::drawing();
         assert_eq!(
             BackendClass::of::<B>(),
             BackendClass::Flex,

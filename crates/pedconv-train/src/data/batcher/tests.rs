@@ -84,7 +84,7 @@ fn batches_travel_as_bytes_and_are_normalised_on_the_device() {
 /// divide through a reciprocal), mixup included.
 #[cfg(feature = "wgpu")]
 #[test]
-fn batches_are_normalised_and_mixed_on_wgpu() {
+fn batches_are_normalised_and_mixed_on_the_gpu() {
     let (batcher, _) = constant_batcher(0.2, 1.0);
     for seed in 0..3 {
         let batch = batcher.assemble(&samples(&[0, 1, 3, 4], seed));

@@ -26,6 +26,7 @@ fn assert_close(what: &str, actual: TensorData, expected: TensorData, tolerance:
 /// float64, 1e-5 in float32 (about 100 ulps, a wide margin that still catches a wrong term).
 #[test]
 fn equals_burns_batch_norm_and_its_gradients() {
+    let _drawing = crate::testing::drawing();
     for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
         for (residual, relu) in [(false, false), (false, true), (true, true), (true, false)] {
             let [batch, channels, height, width] = [3, 5, 7, 8];
@@ -83,6 +84,7 @@ fn equals_burns_batch_norm_and_its_gradients() {
 /// after a folded batch norm, equal to burn's addition and ReLU.
 #[test]
 fn inference_equals_burns_batch_norm() {
+    let _drawing = crate::testing::drawing();
     let device = Default::default();
     let random = |shape: &[usize], dtype| {
         crate::testing::normal::<Flex, 1>([shape.iter().product()], dtype, [0.5, 2.0])
@@ -116,6 +118,7 @@ fn inference_equals_burns_batch_norm() {
 /// A float16 input is not the fused operation's: the caller composes burn's.
 #[test]
 fn declines_other_element_types() {
+    let _drawing = crate::testing::drawing();
     let device = Default::default();
     let bn: BatchNorm<B> = BatchNormConfig::new(2).init(&device);
     let x = random([1, 2, 3, 3], DType::F16);
