@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """The paper's PEDConv ResNet-18 in PyTorch, as its code computes it, beside pedconv.
 
-Two commands:
+Three commands:
 
   check-golden  builds the paper's operator and network from the equations of
                 tests/fixtures/golden/README.md and compares them, on the CPU, with the golden
                 files the paper's own code produced (every layer case in float64: outputs,
                 info-max loss and every gradient; the ResNet-18 checkpoint's logits).
   bench         times one training step and one inference forward of the paper's PEDConv
-                ResNet-18 and of torchvision's static ResNet-18 exactly as `pedconv bench`
-                does (the same batch, image size, one warm-up run, then the median of --reps
-                runs), in float32 or bfloat16 autocast; with --pedconv, writes pedconv's rows
-                and these side by side with the ratios.
+                ResNet-18 and of torchvision's static ResNet-18 as `pedconv bench` does (the
+                same batch and image size, 8-bit images uploaded and normalised on the device in
+                each step; the first run timed alone, one warm-up run, then the median and the
+                peak memory of --reps runs), in float32 or bfloat16 autocast, and profiles one
+                training step of each. After every model it rewrites torch.json and, with
+                pedconv's rows where --pedconv has them, side-by-side.md with the ratios.
+  table         renders side-by-side.md again from a bench's torch.json and pedconv's
+                directories as they are now.
 
 The operator (per-sample kernels, the batch folded into the groups of one convolution, Gaussian
 noise on the attention logits in training and the information-maximisation decoder) is the
@@ -20,6 +24,8 @@ reference's computation, not pedconv's: it is the baseline pedconv is measured a
 
 import argparse
 import json
+import os
+import re
 import statistics
 import struct
 import sys
@@ -29,6 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
 
 # --------------------------------------------------------------------------------------------
 # The paper's operator and network
@@ -249,55 +257,118 @@ def check_golden(args):
 # --------------------------------------------------------------------------------------------
 # bench
 
+# ImageNet's per-channel mean and deviation, as pedconv normalises its 8-bit images.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
 
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def measure(device, reps, work):
-    """As pedconv's `measure`: one warm-up run (its peak device memory above the memory in use
-    before it), then the median time of `reps` runs, each synchronised."""
-    cuda = device.type == "cuda"
-    if cuda:
-        synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
+def timed(device, work):
+    """The time of one run of `work`, synchronised before and after, in milliseconds."""
+    synchronize(device)
+    start = time.perf_counter()
     work()
     synchronize(device)
-    peak_mib = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if cuda else None
-    times = []
-    for _ in range(max(reps, 1)):
-        start = time.perf_counter()
-        work()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"millis": statistics.median(times), "device_peak_mib": peak_mib}
+    return (time.perf_counter() - start) * 1e3
+
+
+def measure(device, reps, work):
+    """As pedconv's `measure`: the first run timed on its own (cuDNN's algorithm search and the
+    first allocations fall in it), an untimed warm-up run, then `reps` timed runs: their median
+    time and the peak of the device memory allocated during them above what was allocated
+    before them."""
+    first = timed(device, work)
+    timed(device, work)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    times = [timed(device, work) for _ in range(max(reps, 1))]
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if cuda else None
+    return {"millis": statistics.median(times), "first_millis": first, "device_peak_mib": peak}
+
+
+def write_atomically(path, text):
+    """Writes `text` to `path` through a temporary file, so that a kill leaves the old file or
+    the new one, never a part."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_profile(path, title, device, top, work):
+    """Runs `work` once under PyTorch's profiler and writes to `path`, in markdown, its `top`
+    most expensive kernels by self CUDA time (on the CPU: operators by self CPU time)."""
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as profiler:
+        wall = timed(device, work)
+    kind, clock, entry = (
+        (DeviceType.CUDA, "CUDA", "kernel") if cuda else (DeviceType.CPU, "CPU", "operator")
+    )
+
+    def self_us(event):
+        return event.self_device_time_total if cuda else event.self_cpu_time_total
+
+    # The profiler's own sums leave out user annotations (record_function's ranges, such as
+    # the optimizer's step), which span the kernels inside them.
+    events = [
+        event for event in profiler.key_averages()
+        if event.device_type == kind and not event.is_user_annotation
+    ]
+    events.sort(key=self_us, reverse=True)
+    total = sum(map(self_us, events)) or 1
+    lines = [
+        f"{title}: one training step under torch.profiler, {wall:.1f} ms wall, "
+        f"{total / 1e3:.1f} ms of self {clock} time in all (% of that).",
+        "",
+        f"| {entry} | total ms | count | % |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for event in events[:top]:
+        name = event.key if len(event.key) <= 80 else event.key[:79] + "…"
+        name = name.replace("|", "\\|")
+        lines.append(
+            f"| `{name}` | {self_us(event) / 1e3:.2f} | {event.count} "
+            f"| {100 * self_us(event) / total:.1f} |"
+        )
+    write_atomically(path, "\n".join(lines) + "\n")
 
 
 def bench_model(name, model, batch, size, args, device, channels_last):
     """One training step (forward, label-smoothed cross-entropy plus 0.001 × the info-max
     losses, backward, SGD with momentum 0.875 and weight decay on all but the batch norms) and
-    one inference forward, with the batch copied from the host each time as pedconv's step
-    does."""
+    one inference forward, each uploading its batch as pedconv's step does: 8-bit images from
+    pageable host memory, made float32 and normalised on the device. Returns the row and the
+    training step, to profile."""
     classes = 1000
     generator = torch.Generator().manual_seed(1)
-    images = torch.randn(batch, 3, size, size, generator=generator)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
     labels = torch.arange(batch) % classes
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     norms = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
     norm_ids = {id(p) for p in norms}
     others = [p for p in model.parameters() if id(p) not in norm_ids]
     optimizer = torch.optim.SGD(
-        [{"params": others, "weight_decay": 3.0517578125e-05}, {"params": norms, "weight_decay": 0}],
+        [
+            {"params": others, "weight_decay": 3.0517578125e-05},
+            {"params": norms, "weight_decay": 0},
+        ],
         lr=0.512 * batch / 512,
         momentum=0.875,
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def upload():
-        return images.to(device, memory_format=memory_format, non_blocking=False)
+        x = images.to(device, non_blocking=False).contiguous(memory_format=memory_format)
+        return x.float().div_(255).sub_(mean).div_(std)
 
     def train_step():
         model.train()
@@ -317,7 +388,7 @@ def bench_model(name, model, batch, size, args, device, channels_last):
         with torch.inference_mode(), autocast:
             model(upload())
 
-    print(f"torch bench: {name}, batch {batch}, {size}×{size} …", file=sys.stderr, flush=True)
+    print(f"torch bench: {setting_name(name, batch, size, args)} …", file=sys.stderr, flush=True)
     train = measure(device, args.reps, train_step)
     infer = measure(device, args.reps, inference)
     per_second = lambda m: batch / (m["millis"] / 1e3)  # noqa: E731
@@ -331,7 +402,11 @@ def bench_model(name, model, batch, size, args, device, channels_last):
         "train_images_per_second": per_second(train),
         "inference": infer,
         "inference_images_per_second": per_second(infer),
-    }
+    }, train_step
+
+
+def setting_name(name, batch, size, args):
+    return f"{name}, batch {batch}, {size}×{size}, {args.precision}"
 
 
 def static_resnet18(width):
@@ -351,68 +426,135 @@ def parse_settings(text):
     return settings
 
 
+def read_jsonl(path):
+    """The entries of a JSON-lines file, without a last line that a kill cut short; none where
+    the file is missing."""
+    entries = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            pass
+    return entries
+
+
+def torch_report(directory):
+    """The device and rows of a `bench` output directory: torch.json, or torch.jsonl's rows."""
+    try:
+        report = json.loads((directory / "torch.json").read_text())
+        return report["device"], report["rows"]
+    except (OSError, ValueError):
+        rows = read_jsonl(directory / "torch.jsonl")
+        return (rows[0].get("device", "unknown") if rows else "unknown"), rows
+
+
 def pedconv_rows(directories):
-    """`pedconv bench`'s network rows from its output directories: bench.json, or the rows of
-    bench.jsonl where the run stopped before its report."""
-    rows = []
+    """`pedconv bench`'s ResNet-18 rows from its output directories (bench.json, or the rows of
+    bench.jsonl where the run stopped before its report), and the directories without any."""
+    rows, empty = [], []
     for directory in map(Path, directories):
-        report, log = directory / "bench.json", directory / "bench.jsonl"
-        if report.exists():
-            rows += json.loads(report.read_text())["networks"]
-        elif log.exists():
-            entries = [json.loads(line) for line in log.read_text().splitlines() if line]
-            rows += [entry for entry in entries if entry.get("kind") == "network"]
-        else:
-            print(f"torch bench: no pedconv rows in {directory}", file=sys.stderr)
-    return rows
+        try:
+            found = json.loads((directory / "bench.json").read_text())["networks"]
+        except (OSError, ValueError):
+            found = [e for e in read_jsonl(directory / "bench.jsonl") if e.get("kind") == "network"]
+        found = [row for row in found if row.get("network", "ResNet-18") == "ResNet-18"]
+        rows += found
+        if not found:
+            empty.append(str(directory))
+    return rows, empty
 
 
-def side_by_side(torch_rows, pedconv, device_name):
+def side_by_side(device_name, torch_rows, pedconv, empty):
     """A markdown table: each (batch, size, precision) with pedconv's PEDConv and static rows
-    and PyTorch's, and pedconv ÷ the paper's code, pedconv ÷ PyTorch's static network."""
-    def peak(measure):
-        value = measure.get("device_peak_mib")
-        return "–" if value is None else f"{value:.0f}"
+    and PyTorch's, their first runs and peaks, and pedconv's PEDConv ÷ each row; then a note
+    for each setting without pedconv's PEDConv row and each directory without rows."""
+    def number(value, spec):
+        return "–" if value is None else format(value, spec)
 
     def ratio(a, b):
         return f"{a / b:.2f}" if a and b else "–"
 
     out = [
-        f"Device: {device_name}. Train = one training step, inference = one forward; "
-        "img/s from the median of the timed runs; peak = device memory above what was in use "
-        "before the warm-up run. pedconv's inference folds the batch norms; PyTorch's runs "
-        "them in eval mode.",
+        f"Device: {device_name}. Train = one training step, inference = one forward; each "
+        "uploads its batch of 8-bit images from pageable host memory (pinned on neither side) "
+        "and normalises it on the device. img/s from the median of the timed runs; first = the "
+        "first run alone (algorithm search, compilation, first allocations); peak = the most "
+        "device memory in use above what was in use before, read after the first run and an "
+        "untimed warm-up. pedconv's inference folds the batch norms; PyTorch's runs them in "
+        "eval mode. The ratios are pedconv's PEDConv img/s ÷ this row's.",
         "",
-        "| batch | image | precision | implementation | model | train img/s | train peak MiB "
-        "| inference img/s | pedconv PEDConv ÷ this, train | ÷ this, inference |",
-        "| ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| batch | image | precision | implementation | model | train img/s | train first ms "
+        "| train peak MiB | inference img/s | inference first ms | inference peak MiB "
+        "| pedconv PEDConv ÷ this, train | ÷ this, inference |",
+        "| ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    keys = sorted({(r["batch"], r["image_size"], r["precision"]) for r in torch_rows})
-    for batch, size, precision in keys:
-        same = lambda r: (r["batch"], r["image_size"], r.get("precision")) == (  # noqa: E731
-            batch, size, precision)
-        ours = [r for r in pedconv if same(r)]
+    notes = []
+
+    def setting(row):
+        return row["batch"], row["image_size"], row.get("precision")
+
+    for key in sorted({setting(r) for r in torch_rows + pedconv}):
+        batch, size, precision = key
+        ours = [r for r in pedconv if setting(r) == key]
         ped = next((r for r in ours if r["model"] == "pedconv"), None)
-        listed = [("pedconv", r) for r in ours] + [
-            ("PyTorch", r) for r in torch_rows if same(r)
-        ]
+        if ped is None:
+            notes.append(f"No pedconv PEDConv row for batch {batch}, {size}², {precision}: "
+                         "no ratios there.")
+        listed = [("pedconv", r) for r in ours]
+        listed += [("PyTorch", r) for r in torch_rows if setting(r) == key]
         for implementation, row in listed:
-            train_ratio = ratio(ped and ped["train_images_per_second"], row["train_images_per_second"])
-            infer_ratio = ratio(
-                ped and ped["inference_images_per_second"], row["inference_images_per_second"]
-            )
-            out.append(
-                f"| {batch} | {size}² | {precision} | {implementation} | {row['model']} "
-                f"| {row['train_images_per_second']:.3g} | {peak(row['train_step'])} "
-                f"| {row['inference_images_per_second']:.3g} | {train_ratio} | {infer_ratio} |"
-            )
+            train, infer = row["train_step"], row["inference"]
+            cells = [
+                batch, f"{size}²", precision, implementation, row["model"],
+                f"{row['train_images_per_second']:.0f}",
+                number(train.get("first_millis"), ".1f"),
+                number(train.get("device_peak_mib"), ".0f"),
+                f"{row['inference_images_per_second']:.0f}",
+                number(infer.get("first_millis"), ".1f"),
+                number(infer.get("device_peak_mib"), ".0f"),
+                ratio(ped and ped["train_images_per_second"], row["train_images_per_second"]),
+                ratio(
+                    ped and ped["inference_images_per_second"], row["inference_images_per_second"]
+                ),
+            ]
+            out.append("| " + " | ".join(map(str, cells)) + " |")
+    notes += [f"No pedconv rows in `{directory}` (yet)." for directory in empty]
+    if notes:
+        out += [""] + [f"- **Note:** {note}" for note in notes]
     return "\n".join(out) + "\n"
+
+
+def write_table(directory, pedconv_directories):
+    """Renders `directory/side-by-side.md` from its torch.json (or torch.jsonl) and the pedconv
+    directories as they are now; returns the table."""
+    device_name, torch_rows = torch_report(directory)
+    table = side_by_side(device_name, torch_rows, *pedconv_rows(pedconv_directories))
+    write_atomically(directory / "side-by-side.md", table)
+    return table
+
+
+def save(output, device_name, rows, pedconv_directories):
+    """Rewrites torch.json and side-by-side.md with the rows so far; returns the table. pedconv's
+    rows are another program's: where they cannot be read, measuring goes on without the table."""
+    report = {"device": device_name, "rows": rows}
+    write_atomically(output / "torch.json", json.dumps(report, indent=2))
+    try:
+        return write_table(output, pedconv_directories)
+    except (KeyError, TypeError, ValueError) as error:
+        print(f"torch bench: no table ({error!r})", file=sys.stderr)
+        return ""
+
+
+def slug(name):
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("'", "")).strip("-")
 
 
 def bench(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = "CPU"
@@ -422,26 +564,40 @@ def bench(args):
     )
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    log = (output / "torch.jsonl").open("w")
-    rows = []
-    for batch, size in parse_settings(args.settings):
-        torch.manual_seed(0)
-        candidates = [
-            ("paper's PEDConv", lambda: ResNet18(width=args.width), False),
-            ("static", lambda: static_resnet18(args.width), False),
-            ("static, channels_last", lambda: static_resnet18(args.width), True),
-        ]
-        for name, build, channels_last in candidates:
-            row = bench_model(name, build(), batch, size, args, device, channels_last)
-            rows.append(row)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    (output / "torch.json").write_text(json.dumps({"device": device_name, "rows": rows}, indent=2))
-    table = side_by_side(rows, pedconv_rows(args.pedconv), device_name)
-    (output / "side-by-side.md").write_text(table)
+    rows, table = [], ""
+    with (output / "torch.jsonl").open("w") as log:
+        for index, (batch, size) in enumerate(parse_settings(args.settings)):
+            torch.manual_seed(0)
+            candidates = [
+                ("paper's PEDConv", lambda: ResNet18(width=args.width), False),
+                ("static", lambda: static_resnet18(args.width), False),
+                ("static, channels_last", lambda: static_resnet18(args.width), True),
+            ]
+            for name, build, channels_last in candidates:
+                row, step = bench_model(name, build(), batch, size, args, device, channels_last)
+                rows.append({**row, "device": device_name})
+                log.write(json.dumps(rows[-1]) + "\n")
+                log.flush()
+                table = save(output, device_name, rows, args.pedconv)
+                if index == 0 and args.profile > 0:
+                    path = output / f"profile-{slug(name)}.md"
+                    title = setting_name(name, batch, size, args)
+                    try:
+                        write_profile(path, title, device, args.profile, step)
+                    except RuntimeError as error:
+                        # The row is saved already: a failed profile ends nothing.
+                        print(f"torch bench: no profile ({error})", file=sys.stderr)
+                del step  # the last holder of the model and its optimizer
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     print(table)
+    return 0
+
+
+def render_table(args):
+    directory = Path(args.torch)
+    directory.mkdir(parents=True, exist_ok=True)
+    print(write_table(directory, args.pedconv))
     return 0
 
 
@@ -460,10 +616,19 @@ def main():
     timing.add_argument(
         "--pedconv", nargs="*", default=[], help="`pedconv bench` output directories to set beside"
     )
+    timing.add_argument(
+        "--profile", type=int, default=15, metavar="N",
+        help="profile one training step of each model at the first setting and write its N "
+        "most expensive kernels to profile-<model>.md (0: no profile)",
+    )
+    render = commands.add_parser("table", help="render side-by-side.md again from the results")
+    render.add_argument("--torch", required=True, help="a `bench` output directory")
+    render.add_argument(
+        "--pedconv", nargs="+", required=True, help="`pedconv bench` output directories"
+    )
     args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return check_golden(args) if args.command == "check-golden" else bench(args)
+    run = {"check-golden": check_golden, "bench": bench, "table": render_table}[args.command]
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,30 @@
 # The GPU check built by `cargo xtask gpu-check`. Run from anywhere on a machine with an NVIDIA
 # GPU and its driver (no internet, no Rust needed): `bash gpu-check/run.sh`.
 #
-# Steps, in this order, each under `timeout` against one deadline (GPU_CHECK_DEADLINE seconds
-# from the start, 420 by default): preflight (GPU, driver, nvcc, the CUDA libraries; CUDA_PATH
-# and the loader path set) → the CubeCL kernels against their references on CUDA → a short
-# training run, with the CUDA and the DDP builds → pedconv's benchmarks and the paper's PyTorch
-# code beside them → the rest of the suite. After every step it rewrites docs/gpu-notes.md and,
-# where $OUT is set, copies there the notes and logs.tar.gz (every step's log and results so
-# far): two files, so that a run stopped at any moment returns what it has seen.
+# Steps, most valuable first, each under `timeout` against one deadline (GPU_CHECK_DEADLINE
+# seconds from the start, 540 by default: a 10-minute command limit less a minute), with budgets
+# that add up to it: preflight → the CubeCL kernels against their references → the paper's
+# PyTorch code (golden check, then its bench beside torchvision's static ResNet-18) → pedconv's
+# bench of the same networks → the side-by-side table → a learning check → a profile of one
+# pedconv training step → the per-layer rows → a suite subset → a user's crate → the DDP build.
+# After every step it rewrites docs/gpu-notes.md and, where $OUT is set, copies there the notes,
+# logs.tar.gz (every step's log and results so far) and gpu-cache.tar.gz (the compiled kernels
+# and autotune results), so that a run stopped at any moment returns what it has seen, and a
+# second run starts warm (`cargo xtask gpu-check --cache gpu-cache.tar.gz`).
 #
-# Exits 0 only when every step ran and passed. Without a GPU every step is recorded as not run,
-# with the reason, in a few seconds.
+# Exits 0 only when every step ran and passed. Without a GPU every GPU step is recorded as not
+# run, with the reason, in a few seconds.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 check="$root/gpu-check"
-deadline_s=${GPU_CHECK_DEADLINE:-420}
+deadline_s=${GPU_CHECK_DEADLINE:-540}
 end=$((SECONDS + deadline_s))
 work="$check/work"
+cache="$check/cache"
 notes="$root/docs/gpu-notes.md"
+torch_script="$root/bench/torch_reference.py"
 rm -rf "$work"
-mkdir -p "$work/logs" "$work/lib" "$check/cache" "$(dirname "$notes")"
+mkdir -p "$work/logs" "$work/lib" "$cache" "$(dirname "$notes")"
 # The unpacked binaries (some hundred MiB) live outside the folder that travels with the tree.
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
@@ -38,15 +43,26 @@ for name in pedconv pedconv-ddp downstream lib-tests suite; do
     chmod +x "$bin/$name"
 done
 
-# One cubecl configuration for every step (each runs in $work, where cubecl looks for it): the
-# compiled kernels and the autotune results cached across the steps' processes.
-cat > "$work/cubecl.toml" <<EOF
-[compilation]
-cache = { file = "$check/cache/kernels" }
+# The compiled kernels belong to the binaries that compiled them: a cache from other binaries
+# keeps its autotune results (choices of speed, never of results) and loses its kernels.
+build_id=$(cat "$check"/bin/*.gz | cksum | cut -d' ' -f1)
+if [ "$(cat "$cache/BUILD" 2> /dev/null)" != "$build_id" ]; then
+    rm -rf "$cache/kernels" "$cache/nv"
+    echo "$build_id" > "$cache/BUILD"
+fi
+cache_files_at_start=$(find "$cache" -type f | wc -l)
+
+# The cubecl configuration of every step but the profile (each runs in $work, where cubecl
+# looks for it): compiled kernels and autotune results cached across the steps' processes and
+# across runs; the CUDA driver's own JIT cache beside them.
+cubecl_cache="[compilation]
+cache = { file = \"$cache/kernels\" }
 
 [autotune]
-cache = { file = "$check/cache/autotune" }
-EOF
+cache = { file = \"$cache/autotune\" }
+"
+printf '%s' "$cubecl_cache" > "$work/cubecl.toml"
+export CUDA_CACHE_PATH="$cache/nv"
 export PEDCONV_GOLDEN_DIR="$root/tests/fixtures/golden"
 cd "$work" || exit 1
 
@@ -123,6 +139,7 @@ preflight() {
         echo "$library: $(echo $found | tr '\n' ' ')"
     done
     python3 -c 'import torch; print("PyTorch", torch.__version__, "CUDA", torch.version.cuda, "available:", torch.cuda.is_available())' 2>&1 | tail -n 1
+    echo "kernel and autotune cache at the start: $cache_files_at_start files"
     if [ -n "$no_gpu" ]; then
         echo "The GPU steps cannot run: $no_gpu"
         return 1
@@ -160,12 +177,39 @@ prepare_cuda() {
     fi
 }
 
-# The training configuration of the short runs: the synthetic ImageNet-shaped recipe, with
-# 2,560 training and 512 validation images.
-short_config() {
-    sed -e 's/"train_images": [0-9]*/"train_images": 2560/' \
-        -e 's/"valid_images": [0-9]*/"valid_images": 512/' \
-        "$root/configs/pedconv-resnet18-synthetic.json" > "$work/short-synthetic.json"
+# The learning check: `pedconv train` on the built-in 12-class set on CUDA, then whether the
+# training loss fell and the validation top-1 rose from the first epoch to the last.
+learn() {
+    "$bin/pedconv" train --backend cuda --epochs 4 --output learn || return
+    python3 - learn/report.json << 'EOF'
+import json, sys
+epochs = json.load(open(sys.argv[1]))["epochs"]
+print("| epoch | train loss | valid top-1 % | train img/s |")
+print("| ---: | ---: | ---: | ---: |")
+for e in epochs:
+    print(f"| {e['epoch']} | {e['train']['Loss']:.4f} | {e['valid']['Accuracy']:.1f} "
+          f"| {e['images_per_second']:.0f} |")
+first, last = epochs[0], epochs[-1]
+falls = last["train"]["Loss"] < first["train"]["Loss"]
+rises = last["valid"]["Accuracy"] > first["valid"]["Accuracy"]
+print(f"loss falls: {falls}; top-1 rises: {rises}")
+sys.exit(0 if falls and rises else 1)
+EOF
+}
+
+# A profile of pedconv's PEDConv ResNet-18 training steps (bfloat16, 128×224²): the bench with
+# CubeCL's profiling logger on (every kernel timed on the device, which slows the run: apart
+# from the timed steps), in a folder of its own; the most expensive kernels of the training
+# steps, per step.
+profile() {
+    mkdir -p profile && cd profile || return
+    printf '%s\n[profiling]\nlogger = { level = "basic", stderr = true }\n' "$cubecl_cache" \
+        > cubecl.toml
+    "$bin/pedconv" bench --backend cuda --layers none --networks r18 --settings 128x224 \
+        --precision bf16 --reps 1 --output . 2> kernels.log
+    local rc=$?
+    python3 "$root/bench/cubecl_profile.py" kernels.log --steps 4 --top 15 > pedconv-profile.md
+    return $((rc > 0 ? rc : $?))
 }
 
 # The last lines of a log in a code block, or why there is none.
@@ -185,6 +229,11 @@ test_summary() {
         echo "(no log: not run)"
     fi
     echo '```'
+}
+
+# A file's text where it exists, else FALLBACK's output.
+file_or() {
+    if [ -f "$1" ]; then cat "$1"; else shift; "$@"; fi
 }
 
 # A benchmark's tables: bench.md once written, else the rows measured so far.
@@ -218,71 +267,81 @@ write_notes() {
         echo "| --- | --- |"
         printf '%s' "$rows"
         echo
+        echo "## Side by side: pedconv and PyTorch (bfloat16, batch 128, 224²)"
+        echo
+        file_or torch/side-by-side.md log_tail torch-bench 10
+        echo
+        echo "## pedconv bench, bfloat16"
+        echo
+        bench_tables bench
+        echo
+        echo "## Learning check: pedconv train on the built-in set, CUDA"
+        echo
+        log_tail learn 12
+        echo
+        echo "## Profiles of one training step (PEDConv ResNet-18, bfloat16, 128×224²)"
+        echo
+        echo "### pedconv (CubeCL's profiling logger)"
+        echo
+        file_or profile/pedconv-profile.md log_tail profile 8
+        echo
+        echo "### The paper's PyTorch code (torch.profiler)"
+        echo
+        for file in torch/profile-*.md; do
+            [ -f "$file" ] && { echo "#### $(basename "$file" .md)"; echo; cat "$file"; echo; }
+        done
         echo "## Kernels against their references on CUDA (lib-tests)"
         echo
         test_summary kernels
         echo
-        echo "## Short training runs"
+        echo "## Golden check of the PyTorch reference (CPU)"
         echo
-        echo "### train"
+        log_tail torch-golden 4
         echo
-        log_tail train 12
+        echo "## PEDConv layers of ResNet-18 and -50 (float32, batch 32): Auto's rule on CUDA"
         echo
-        echo "### train-ddp (burn-train's DDP strategy over the one GPU)"
+        bench_tables layers
         echo
-        log_tail train-ddp 12
+        echo "## The suite's golden parity on CUDA"
+        echo
+        test_summary suite
         echo
         echo "## A user's crate with burn's default features (tests/downstream) on CUDA"
         echo
         log_tail downstream 12
         echo
-        echo "## pedconv bench, bfloat16"
+        echo "## train-ddp (burn-train's DDP strategy over the one GPU; a build of its own)"
         echo
-        bench_tables bench-bf16
-        echo
-        echo "## The paper's PyTorch code beside pedconv"
-        echo
-        echo "### Golden check of the PyTorch reference (CPU)"
-        echo
-        log_tail torch-golden 4
-        echo
-        if [ -f torch/side-by-side.md ]; then cat torch/side-by-side.md; else log_tail torch-bench 10; fi
-        echo
-        echo "## pedconv bench, float32"
-        echo
-        bench_tables bench
-        echo
-        echo "## The suite on CUDA"
-        echo
-        test_summary suite
+        log_tail train-ddp 12
     } > "$notes"
 }
 
 publish() {
     [ -n "${OUT:-}" ] || return 0
+    mkdir -p "$OUT"
     cp "$notes" "$OUT/gpu-notes.md"
     tar -czf "$OUT/logs.tar.gz" --exclude=./lib --exclude='*.mpk' . 2> /dev/null
+    tar -czf "$OUT/gpu-cache.tar.gz" -C "$check" cache 2> /dev/null
 }
 
 prepare_cuda
-short_config
-export -f preflight find_nvcc
-export started no_gpu
-step preflight 20 none bash -c preflight
-step kernels 90 gpu "$bin/lib-tests" --test-threads=1
-step train 60 gpu "$bin/pedconv" train --backend cuda --config short-synthetic.json --output train
-step train-ddp 60 gpu "$bin/pedconv-ddp" train --backend cuda --devices 0 \
-    --config short-synthetic.json --output train-ddp
-step downstream 45 gpu "$bin/downstream"
-step bench-bf16 90 gpu "$bin/pedconv" bench --backend cuda --layers none --networks r18 \
-    --settings 128x224 --precision bf16 --reps 5 --output bench-bf16
-step torch-golden 30 torch python3 "$root/bench/torch_reference.py" check-golden \
-    --golden "$PEDCONV_GOLDEN_DIR"
-step torch-bench 90 gpu+torch python3 "$root/bench/torch_reference.py" bench \
-    --settings 128x224 --precision bf16 --reps 5 --output torch \
-    --pedconv bench-bf16
-step bench 150 gpu "$bin/pedconv" bench --backend cuda --layers r18,r50 --layer-batch 32 \
-    --networks r18 --settings 128x224,64x224 --reps 3 --output bench
-step suite 300 gpu "$bin/suite" --test-threads=1
+export -f preflight find_nvcc learn profile
+export started no_gpu bin root cache_files_at_start cubecl_cache
+step preflight 10 none bash -c preflight
+step kernels 40 gpu "$bin/lib-tests" on_the_gpu --test-threads=1
+step torch-golden 15 torch python3 "$torch_script" check-golden --golden "$PEDCONV_GOLDEN_DIR"
+step torch-bench 100 gpu+torch python3 "$torch_script" bench --settings 128x224 \
+    --precision bf16 --reps 5 --profile 15 --output torch --pedconv bench
+step bench 140 gpu "$bin/pedconv" bench --backend cuda --layers none --networks r18 \
+    --settings 128x224 --precision bf16 --reps 5 --output bench
+step table 10 torch python3 "$torch_script" table --torch torch --pedconv bench
+step learn 50 gpu bash -c learn
+step profile 40 gpu bash -c profile
+step layers 50 gpu "$bin/pedconv" bench --backend cuda --layers r18,r50 --layer-batch 32 \
+    --networks none --reps 3 --output layers
+step suite 40 gpu "$bin/suite" golden_parity --test-threads=1
+step downstream 15 gpu "$bin/downstream"
+step train-ddp 30 gpu "$bin/pedconv-ddp" train --backend cuda --devices 0 --epochs 1 \
+    --output train-ddp
 echo "wrote $notes" >&2
 exit $failed

@@ -39,15 +39,18 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
-/// Median time and peak extra memory of a piece of work.
+/// Median time, first run's time and peak extra memory of a piece of work.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Measure {
     /// Median over the timed repetitions, in milliseconds.
     pub millis: f64,
-    /// Peak heap above the heap before the first (warm-up) run, in MiB.
+    /// The first run, in milliseconds: on the CubeCL backends its kernels' compilation and
+    /// autotuning included (none where the caches already hold them).
+    pub first_millis: f64,
+    /// Peak heap during a run after the warm-ups, above the heap before it, in MiB.
     pub peak_mib: f64,
-    /// On the CubeCL backends: the peak of the device memory in use during the first run
-    /// above the memory in use before it, sampled every millisecond, in MiB.
+    /// On the CubeCL backends: the peak of the device memory in use during a run after the
+    /// warm-ups, above the memory in use before it, sampled every millisecond, in MiB.
     pub device_peak_mib: Option<f64>,
 }
 
@@ -129,32 +132,37 @@ impl Drop for SetOnDrop<'_> {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Runs `work` once to warm up (and to measure its peak memory), then `reps` times on the clock.
-/// `work` runs on `device` of `B` and must synchronise it before it returns.
+/// Runs `work` twice to warm up, the first run timed on its own (compilation and autotuning
+/// land there); once more for its peak memory (apart from the timed runs, which the sampling
+/// would slow); then `reps` times on the clock. `work` runs on `device` of `B` and must
+/// synchronise it before it returns.
 pub fn measure<B: Backend>(reps: usize, device: &B::Device, mut work: impl FnMut()) -> Measure {
+    let mut timed = || {
+        let start = Instant::now();
+        work();
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    let first_millis = timed();
+    timed();
     let before = CURRENT.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     let device_peak = match DevicePeak::of(device) {
-        Some(sampler) => sampler.during(&mut work),
+        Some(sampler) => sampler.during(|| {
+            timed();
+        }),
         None => {
-            work();
+            timed();
             None
         }
     };
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
-    let device_peak_mib = device_peak.map(|bytes| bytes as f64 / MIB);
-    let mut times: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            work();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+    let mut times: Vec<f64> = (0..reps.max(1)).map(|_| timed()).collect();
     times.sort_by(f64::total_cmp);
     Measure {
         millis: times[times.len() / 2],
+        first_millis,
         peak_mib: peak as f64 / MIB,
-        device_peak_mib,
+        device_peak_mib: device_peak.map(|bytes| bytes as f64 / MIB),
     }
 }
 
@@ -243,14 +251,26 @@ mod tests {
     }
 
     #[cfg(feature = "flex")]
-    /// The binary's allocator counts the heap: a 64 MiB vector shows as at least 64 MiB.
+    /// The binary's allocator counts the heap: a 64 MiB vector shows as at least 64 MiB. The
+    /// first run is timed apart from the median: here it alone sleeps.
     #[test]
     fn peak_memory_counts_allocations() {
-        let measured = measure::<burn::backend::Flex>(1, &Default::default(), || {
+        let mut runs = 0;
+        let measured = measure::<burn::backend::Flex>(3, &Default::default(), || {
+            runs += 1;
+            if runs == 1 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
             let buffer = vec![1u8; 64 << 20];
             std::hint::black_box(&buffer);
         });
+        assert_eq!(
+            runs,
+            2 + 1 + 3,
+            "two warm-ups, the peak's run, the timed runs"
+        );
         assert!(measured.peak_mib >= 64.0, "{measured:?}");
-        assert!(measured.millis >= 0.0);
+        assert!(measured.first_millis >= 200.0, "{measured:?}");
+        assert!(measured.millis < 200.0, "{measured:?}");
     }
 }

@@ -47,7 +47,7 @@ pub struct Bench {
     pub settings: Vec<(usize, usize)>,
     /// Width multiplier of the networks.
     pub width: f64,
-    /// Timed repetitions (after one warm-up run).
+    /// Timed repetitions (after two warm-up runs and one for the peak memory).
     pub reps: usize,
     /// How the whole-network training steps keep what the backward pass needs.
     pub checkpointing: Checkpointing,
@@ -354,7 +354,9 @@ fn bench_network<B: JobBackend, C: CheckpointStrategy>(
         model = Some(optimizer.step(recipe.peak_lr(), current, grads));
         sync::<B>(device);
     });
-    // Inference as `predict` and `eval` run it: batch norms folded into the convolutions.
+    // Inference as `predict` and `eval` run it: batch norms folded into the convolutions. The
+    // line tells the GPU check's profile where the training steps end.
+    eprintln!("bench: {} {model_name} inference …", depth_name(depth));
     let mut inner = model.take().expect("the model").valid();
     inner.net = inner.net.fold_batch_norms();
     let inference = measure::<B>(bench.reps, device, || {

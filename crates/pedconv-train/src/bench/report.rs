@@ -64,13 +64,14 @@ impl BenchReport {
             .chain(self.networks.iter().map(|row| row.train_step))
             .any(|measure| measure.device_peak_mib.is_some());
         let mut out = format!(
-            "Backend {}, {} threads, median of {} repetitions after a warm-up; peak = {}.\n",
+            "Backend {}, {} threads, median of {} repetitions after two warm-up runs (first = \
+             the first run, compilation and autotuning included); peak = {}, during a run \
+             after the warm-ups.\n",
             self.backend,
             self.threads,
             self.reps,
             if on_device {
-                "device memory in use above the inputs and parameters, its peak during the \
-                 warm-up run sampled every millisecond"
+                "device memory in use above the inputs and parameters, sampled every millisecond"
             } else {
                 "heap above the inputs and parameters"
             }
@@ -125,7 +126,7 @@ impl BenchReport {
         }
         if !self.networks.is_empty() {
             out += &format!(
-                "\n### Networks (width {}, computing in {}, autodiff checkpointing {:?}; inference with the batch norms folded)\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                "\n### Networks (width {}, computing in {}, autodiff checkpointing {:?}; inference with the batch norms folded)\n\n| network | batch | image | model | train img/s | ×static | train peak MiB | ×static | inference img/s | ×static | inference peak MiB | first train / inference ms |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
                 self.width,
                 self.precision.name(),
                 self.checkpointing
@@ -144,7 +145,7 @@ impl BenchReport {
                     .expect("a static row");
                 for row in rows {
                     out += &format!(
-                        "| {} | {} | {}² | {} | {:.2} | {} | {:.0} | {} | {:.2} | {} | {:.0} |\n",
+                        "| {} | {} | {}² | {} | {:.2} | {} | {:.0} | {} | {:.2} | {} | {:.0} | {:.0} / {:.0} |\n",
                         row.network,
                         row.batch,
                         row.image_size,
@@ -168,6 +169,8 @@ impl BenchReport {
                             0.0
                         ),
                         row.inference.peak(),
+                        row.train_step.first_millis,
+                        row.inference.first_millis,
                     );
                 }
             }

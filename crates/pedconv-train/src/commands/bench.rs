@@ -38,7 +38,8 @@ pub struct BenchArgs {
     /// Width multiplier of the networks.
     #[arg(long, default_value_t = 1.0)]
     width: f64,
-    /// Timed repetitions, after one warm-up run; the median is reported.
+    /// Timed repetitions, after two warm-up runs (the first's time reported apart) and one run
+    /// for the peak memory; the median is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
     /// burn's autodiff checkpointing in the whole-network training steps.
