@@ -158,7 +158,8 @@ pub fn run() -> Result<(), String> {
 /// suite included) so that a compile error ends the task before any test runs.
 fn suites(targets: &TestTargets, target_dir: &Path, env: Vec<(String, OsString)>) -> Vec<Suite> {
     let words = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
-    let mut cpu = words(&["test", "--workspace", "--lib", "--bins"]);
+    // Every test binary runs even where one fails, so that the task reports every failure.
+    let mut cpu = words(&["test", "--workspace", "--no-fail-fast", "--lib", "--bins"]);
     for name in &targets.cpu {
         cpu.extend(["--test".to_string(), name.clone()]);
     }
@@ -166,13 +167,20 @@ fn suites(targets: &TestTargets, target_dir: &Path, env: Vec<(String, OsString)>
     let mut wgpu = vec![words(&[
         "test",
         "--workspace",
+        "--no-fail-fast",
         "--lib",
         "--bins",
         "--",
         GPU_TEST_MARKER,
     ])];
     for name in &targets.wgpu {
-        wgpu.push(words(&["test", "--workspace", "--test", name]));
+        wgpu.push(words(&[
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--test",
+            name,
+        ]));
     }
     let target_dir = target_dir.to_string_lossy().into_owned();
     let suite = |name, what: &str, needs: &[Need], commands| Suite {
@@ -196,7 +204,10 @@ fn suites(targets: &TestTargets, target_dir: &Path, env: Vec<(String, OsString)>
                 targets.cpu.join(", ")
             ),
             &[],
-            vec![cpu, words(&["test", "--workspace", "--doc"])],
+            vec![
+                cpu,
+                words(&["test", "--workspace", "--no-fail-fast", "--doc"]),
+            ],
         ),
         suite(
             "python-checks",
@@ -686,6 +697,6 @@ mod tests {
             wgpu[0].ends_with(&format!("-- {GPU_TEST_MARKER}")),
             "{wgpu:?}"
         );
-        assert_eq!(wgpu[1], "test --workspace --test suite-wgpu");
+        assert_eq!(wgpu[1], "test --workspace --no-fail-fast --test suite-wgpu");
     }
 }

@@ -52,7 +52,9 @@ pub(crate) fn assert_close(what: &str, actual: &TensorData, expected: &TensorDat
 /// generator draws what its seed gives, whatever the other tests do meanwhile.
 pub(crate) fn drawing() -> std::sync::MutexGuard<'static, ()> {
     static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Normal values of `dtype`, from the backend's generator.
