@@ -1,6 +1,7 @@
-//! The model of `eval`, `predict` and `export`, from any source: a PyTorch checkpoint (the
-//! paper's, or a bare `state_dict`), or a burn record of a training run (its final model or a
-//! checkpoint) with its configuration; and the inference inputs and logits they share.
+//! The weights of `eval`, `predict`, `export` and a fine-tuning `train`, from any source: a
+//! PyTorch checkpoint (the paper's, or a bare `state_dict`), or a burn record of a training run
+//! (its final model or a checkpoint) with its configuration; and the inference inputs and
+//! logits the inference commands share.
 
 use std::path::{Path, PathBuf};
 
@@ -37,46 +38,116 @@ fn read_model_config(path: &Path) -> Result<ResNetConfig, String> {
         .map_err(|e| format!("cannot read the model config {}: {e}", path.display()))
 }
 
-/// The model described by `--weights` (and `--config`).
-fn load_model<B: Backend>(
-    weights: &Path,
-    config: Option<&Path>,
-    device: &B::Device,
-) -> Result<(ResNetConfig, ResNet<B>), String> {
-    let config = match config {
-        Some(path) => Some(read_model_config(path)?),
-        None => None,
-    };
-    if is_pytorch(weights) {
-        let checkpoint = PytorchCheckpoint::read(weights).map_err(|e| e.to_string())?;
+/// The `config.json` of the run a burn record belongs to: beside a run's `model.mpk`, or one
+/// folder up from a `checkpoint/model-N.mpk`.
+fn run_config_of(record: &Path) -> Option<PathBuf> {
+    record
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(crate::run_dir::CONFIG))
+        .find(|config| config.is_file())
+}
+
+/// What a weights file holds.
+#[derive(Clone)]
+enum Contents {
+    /// A PyTorch `state_dict` (the paper's checkpoint or a bare one).
+    Pytorch(PytorchCheckpoint),
+    /// A burn record: a run's final model or a training checkpoint.
+    Record(PathBuf),
+}
+
+/// A weights file and the architecture it holds, read once; [`load`](Self::load) builds
+/// networks from it.
+#[derive(Clone)]
+pub struct Weights {
+    pub path: PathBuf,
+    /// The network the file holds: read off a PyTorch file's keys and shapes, or given by the
+    /// configuration of a burn record.
+    pub architecture: ResNetConfig,
+    contents: Contents,
+}
+
+impl Weights {
+    /// Reads `path`: a PyTorch checkpoint (its architecture read off its keys unless `config`
+    /// gives it) or a burn record with `config` (a `ResNetConfig` or a run's `config.json`;
+    /// by default its run's `config.json`).
+    pub fn read(path: &Path, config: Option<&Path>) -> Result<Self, String> {
         let config = match config {
-            Some(config) => config,
-            None => ResNetConfig::from_state_dict(&checkpoint).map_err(|e| e.to_string())?,
+            Some(config) => Some(read_model_config(config)?),
+            None => None,
         };
-        let model = config
-            .init(device)
-            .load_pytorch(&checkpoint, ImportMode::Exact)
-            .map_err(|e| e.to_string())?;
-        Ok((config, model))
-    } else {
-        let config = config.ok_or_else(|| {
-            format!(
-                "{} is not a PyTorch checkpoint (.pth, .pt, .tar): a burn record needs --config \
-                 with the model's ResNetConfig JSON or the run's config.json",
-                weights.display()
-            )
-        })?;
-        let model = config.init(device);
-        let model = match model.clone().load_record(weights, device) {
-            Ok(model) => model,
-            // A training checkpoint (`checkpoint/model-N.mpk`) holds the network inside the
-            // record of its training objective.
-            Err(error) => Classifier::new(model, &TrainConfig::builtin(), GradientReduction::Sum)
-                .load_file(weights.to_path_buf(), &DefaultRecorder::new(), device)
-                .map(|classifier| classifier.net)
-                .map_err(|_| error.to_string())?,
+        let (architecture, contents) = if is_pytorch(path) {
+            let checkpoint = PytorchCheckpoint::read(path).map_err(|e| e.to_string())?;
+            let architecture = match config {
+                Some(config) => config,
+                None => ResNetConfig::from_state_dict(&checkpoint).map_err(|e| e.to_string())?,
+            };
+            (architecture, Contents::Pytorch(checkpoint))
+        } else {
+            if !path.is_file() {
+                return Err(format!("the weights {} do not exist", path.display()));
+            }
+            let architecture = match (config, run_config_of(path)) {
+                (Some(config), _) => config,
+                (None, Some(run_config)) => read_model_config(&run_config)?,
+                (None, None) => {
+                    return Err(format!(
+                        "{} is not a PyTorch checkpoint (.pth, .pt, .tar) and no run's \
+                         config.json is beside it: a burn record needs --config with the \
+                         model's ResNetConfig JSON or the run's config.json",
+                        path.display()
+                    ))
+                }
+            };
+            (architecture, Contents::Record(path.to_path_buf()))
         };
-        Ok((config, model))
+        Ok(Self {
+            path: path.to_path_buf(),
+            architecture,
+            contents,
+        })
+    }
+
+    /// The file's network, built as `architecture` (the file's, or the file's static network
+    /// with PEDConv layers: then the file's weights are their base weights, and their attention
+    /// branches keep `architecture`'s initialisation).
+    pub fn load<B: Backend>(
+        &self,
+        architecture: &ResNetConfig,
+        device: &B::Device,
+    ) -> Result<ResNet<B>, String> {
+        let model = architecture.try_init(device).map_err(|e| e.to_string())?;
+        let base_weights = self.architecture.pedconv.is_none() && architecture.pedconv.is_some();
+        match &self.contents {
+            Contents::Pytorch(checkpoint) => {
+                let mode = if base_weights {
+                    ImportMode::BaseWeights
+                } else {
+                    ImportMode::Exact
+                };
+                model
+                    .load_pytorch(checkpoint, mode)
+                    .map_err(|e| e.to_string())
+            }
+            Contents::Record(_) if base_weights => Err(format!(
+                "{} is a burn record of a static network: only PyTorch files load as the base \
+                 weights of PEDConv layers",
+                self.path.display()
+            )),
+            Contents::Record(path) => match model.clone().load_record(path, device) {
+                Ok(model) => Ok(model),
+                // A training checkpoint (`checkpoint/model-N.mpk`) holds the network inside the
+                // record of its training objective.
+                Err(error) => {
+                    Classifier::new(model, &TrainConfig::builtin(), GradientReduction::Sum)
+                        .load_file(path.clone(), &DefaultRecorder::new(), device)
+                        .map(|classifier| classifier.net)
+                        .map_err(|_| error.to_string())
+                }
+            },
+        }
     }
 }
 
@@ -96,13 +167,14 @@ impl ModelSource {
         &self,
         device: &B::Device,
     ) -> Result<(ResNetConfig, ResNet<B>), String> {
-        let (config, model) = load_model(&self.weights, self.config.as_deref(), device)?;
+        let weights = Weights::read(&self.weights, self.config.as_deref())?;
+        let model = weights.load(&weights.architecture, device)?;
         let model = if self.fold {
             model.fold_batch_norms()
         } else {
             model
         };
-        Ok((config, model))
+        Ok((weights.architecture, model))
     }
 }
 

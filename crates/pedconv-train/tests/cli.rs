@@ -4,7 +4,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{pedconv, scratch};
+use common::{
+    assert_refused, assert_same_metrics, copy_run, edit_config, forget_epochs, pedconv, report,
+    scratch,
+};
 
 fn golden_checkpoint() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -169,19 +172,6 @@ fn tiny_config(dir: &Path) -> PathBuf {
     path
 }
 
-/// Rewrites the JSON configuration at `path` with `edit` applied.
-fn edit_config(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    edit(&mut config);
-    std::fs::write(path, config.to_string()).unwrap();
-}
-
-fn report(run: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(run.join("report.json")).expect("report.json");
-    serde_json::from_str(&text).unwrap()
-}
-
 /// What a run learned, epoch by epoch: its validation metrics.
 fn valid_metrics(run: &Path) -> Vec<serde_json::Value> {
     report(run)["epochs"]
@@ -299,49 +289,6 @@ fn resume_continues_a_run_and_a_nan_loss_stops_it() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// A copy of the run directory `from` at `to`.
-fn copy_run(from: &Path, to: &Path) {
-    for dir in ["checkpoint", "tensorboard/train", "tensorboard/valid"] {
-        std::fs::create_dir_all(to.join(dir)).unwrap();
-    }
-    for dir in ["", "checkpoint", "tensorboard/train", "tensorboard/valid"] {
-        for entry in std::fs::read_dir(from.join(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                std::fs::copy(&path, to.join(dir).join(path.file_name().unwrap())).unwrap();
-            }
-        }
-    }
-}
-
-/// Removes the checkpoints of `epochs` and what the finished run added (the final model and
-/// the report): the run directory as a kill during the first of those epochs leaves it.
-fn forget_epochs(run: &Path, epochs: &[usize]) {
-    for epoch in epochs {
-        for part in ["model", "optim", "scheduler"] {
-            std::fs::remove_file(run.join(format!("checkpoint/{part}-{epoch}.mpk"))).unwrap();
-        }
-    }
-    std::fs::remove_file(run.join("model.mpk")).unwrap();
-    std::fs::remove_file(run.join("report.json")).unwrap();
-}
-
-/// Every epoch's training and validation metrics.
-fn epoch_metrics(run: &Path) -> Vec<(u64, serde_json::Value, serde_json::Value)> {
-    report(run)["epochs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["epoch"].as_u64().unwrap(),
-                e["train"].clone(),
-                e["valid"].clone(),
-            )
-        })
-        .collect()
-}
-
 /// Every scalar of a run's TensorBoard event files as TensorBoard's own reader loads them
 /// (`tests/tensorboard/read_events.py`): split → tag → `[[step, value], …]`. Without Python's
 /// `tensorboard` package, fails saying so, or answers `None` with `PEDCONV_SKIP_TENSORBOARD=1`.
@@ -442,40 +389,6 @@ fn assert_events_match_journal(run: &Path) {
     assert_eq!(
         steps, every_ten,
         "the iteration loss, every 10 of {iterations}"
-    );
-}
-
-/// Equal per-epoch metrics (losses, accuracies, learning rate), to 1e-6 relative.
-fn assert_same_metrics(straight: &Path, resumed: &Path) {
-    let (a, b) = (epoch_metrics(straight), epoch_metrics(resumed));
-    assert_eq!(a.len(), b.len());
-    for ((epoch, train_a, valid_a), (epoch_b, train_b, valid_b)) in a.iter().zip(&b) {
-        assert_eq!(epoch, epoch_b);
-        for (x, y) in [(train_a, train_b), (valid_a, valid_b)] {
-            let (x, y) = (x.as_object().unwrap(), y.as_object().unwrap());
-            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
-            for (name, value) in x {
-                let (u, v) = (value.as_f64().unwrap(), y[name].as_f64().unwrap());
-                assert!(
-                    (u - v).abs() <= 1e-6 * u.abs().max(v.abs()),
-                    "epoch {epoch} {name}: {u} straight, {v} resumed"
-                );
-            }
-        }
-    }
-}
-
-/// `pedconv args --output output` fails with `message`, without a panic, and leaves nothing at
-/// `output`.
-fn assert_refused(args: &[&str], output: &Path, message: &str) {
-    let mut args = args.to_vec();
-    args.extend(["--output", output.to_str().unwrap()]);
-    let (ok, _, stderr) = pedconv(&args);
-    assert!(!ok && stderr.contains(message), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        !output.exists(),
-        "a run that cannot start leaves nothing behind"
     );
 }
 

@@ -111,7 +111,7 @@ fn pass(batcher: &ImageBatcher, images: usize, batch: usize, pass: u64) -> f64 {
         .collect();
     let start = Instant::now();
     for chunk in samples.chunks(batch) {
-        std::hint::black_box(batcher.assemble(chunk));
+        std::hint::black_box(batcher.assemble(chunk, 1));
     }
     start.elapsed().as_secs_f64()
 }

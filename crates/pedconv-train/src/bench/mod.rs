@@ -395,5 +395,6 @@ fn synthetic_batch(batch: usize, size: usize, classes: usize) -> Batch {
         targets: TensorData::new(targets, [batch, classes]),
         labels,
         noise_seed: 1,
+        epoch: 1,
     }
 }

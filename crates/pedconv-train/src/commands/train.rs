@@ -1,15 +1,14 @@
 //! `pedconv train`: a run from a configuration (the built-in one by default) or the resumption
 //! of a stopped run, with the command line's overrides.
 
-use std::path::{Path, PathBuf};
-
-use burn::config::Config;
+use std::path::PathBuf;
 
 use crate::backend::{dispatch_parallel, BackendChoice};
-use crate::config::{Precision, TrainConfig};
+use crate::config::{FineTuneConfig, Precision, TrainConfig, TrainOnly};
 use crate::data::DataSource;
+use crate::model::Weights;
 use crate::run_dir;
-use crate::train::{last_checkpoint, Training};
+use crate::train::{check_architecture, last_checkpoint, started_from, Training};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -65,23 +64,55 @@ pub struct TrainArgs {
     /// Print the configuration (after the overrides) as JSON and exit, without training.
     #[arg(long)]
     print_config: bool,
+    /// Start from these weights instead of a random initialisation (fine-tuning): any weights
+    /// `eval` reads (the paper's checkpoint, a torchvision state_dict, a run's model.mpk or
+    /// checkpoint/model-N.mpk). A configuration without `model` takes the file's network;
+    /// a new classifier is made when the data's classes differ from the file's.
+    #[arg(long, conflicts_with = "resume")]
+    weights: Option<PathBuf>,
+    /// The network of a burn record given to --weights (a ResNetConfig JSON or a run's
+    /// config.json); by default the config.json of the run the record belongs to.
+    #[arg(long, requires = "weights")]
+    weights_config: Option<PathBuf>,
+    /// Overrides fine_tune.train_only: only the classifier (head), or the classifier and the
+    /// PEDConv attention branches (head-and-attention), train while the rest stays frozen.
+    #[arg(long, value_enum, requires = "weights")]
+    train_only: Option<TrainOnly>,
+    /// Overrides fine_tune.train_only_epochs: --train-only holds for this many epochs, then
+    /// every parameter trains.
+    #[arg(long, requires = "train_only")]
+    train_only_epochs: Option<usize>,
+    /// Overrides fine_tune.pretrained_lr_multiplier: the learning rate of the parameters
+    /// loaded from --weights, as a multiple of the run's.
+    #[arg(long, requires = "weights")]
+    pretrained_lr_multiplier: Option<f64>,
 }
 
-fn read_config(path: &Path) -> Result<TrainConfig, String> {
-    if !path.is_file() {
-        return Err(format!(
-            "the configuration {} does not exist",
-            path.display()
-        ));
+impl TrainArgs {
+    /// The command line's fine-tuning settings over the configuration's.
+    fn fine_tune(&self, config: Option<FineTuneConfig>) -> FineTuneConfig {
+        let mut fine_tune = config.unwrap_or_else(FineTuneConfig::new);
+        if let Some(train_only) = self.train_only {
+            fine_tune.train_only = Some(train_only);
+        }
+        if let Some(epochs) = self.train_only_epochs {
+            fine_tune.train_only_epochs = Some(epochs);
+        }
+        if let Some(multiplier) = self.pretrained_lr_multiplier {
+            fine_tune.pretrained_lr_multiplier = multiplier;
+        }
+        fine_tune
     }
-    TrainConfig::load(path)
-        .map_err(|e| format!("cannot read the configuration {}: {e}", path.display()))
 }
 
 pub fn run(args: TrainArgs) -> Result<(), String> {
+    let weights = match &args.weights {
+        Some(path) => Some(Weights::read(path, args.weights_config.as_deref())?),
+        None => None,
+    };
     let (mut config, output, resume_from) = match &args.resume {
         Some(dir) => {
-            let config = read_config(&dir.join(run_dir::CONFIG))?;
+            let config = TrainConfig::read(&dir.join(run_dir::CONFIG), None)?;
             let epoch = last_checkpoint(dir).ok_or_else(|| {
                 format!(
                     "{} holds no complete checkpoint to resume from (checkpoint/model-N.mpk, \
@@ -92,10 +123,21 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
             (config, dir.clone(), epoch)
         }
         None => {
+            let open_model = weights.as_ref().map(|w| &w.architecture);
             let config = match &args.config {
-                Some(path) => read_config(path)?,
-                None => TrainConfig::builtin(),
+                Some(path) => TrainConfig::read(path, open_model)?,
+                // The built-in network is a default: pretrained weights bring their own.
+                None => {
+                    let mut builtin = TrainConfig::builtin();
+                    if let Some(model) = open_model {
+                        builtin.model = model.clone();
+                    }
+                    builtin
+                }
             };
+            if let Some(weights) = &weights {
+                check_architecture(&config.model, &weights.architecture, &weights.path)?;
+            }
             let output = args
                 .output
                 .clone()
@@ -118,7 +160,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
     if let Some(precision) = args.precision {
         config.precision = precision;
     }
-    let devices = match (args.device, args.devices) {
+    let devices = match (args.device, args.devices.clone()) {
         (Some(device), _) => vec![device],
         (None, Some(devices)) => devices,
         (None, None) => (0..config.devices).collect(),
@@ -132,7 +174,7 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         ));
     }
     config.devices = devices.len();
-    if let Some(path) = args.data {
+    if let Some(path) = args.data.clone() {
         config.data.source = DataSource::at(path);
     }
     if let Some(classes) = args.num_classes {
@@ -140,6 +182,17 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         config.classes_from_data = false;
     } else if config.classes_from_data {
         config.model.num_classes = config.data.source.classes()?;
+    }
+    if let Some(weights) = &weights {
+        let mut fine_tune = args.fine_tune(config.fine_tune.take());
+        fine_tune.started_from = Some(started_from(weights, &config.model)?);
+        config.fine_tune = Some(fine_tune);
+    } else if resume_from == 0 && config.fine_tune.is_some() {
+        return Err(
+            "the configuration's fine_tune settings apply to pretrained weights: give them with \
+             --weights FILE"
+                .to_string(),
+        );
     }
     config
         .validate()
@@ -183,6 +236,15 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
         config.peak_lr(),
         output.display()
     );
+    if let Some(started) = config
+        .fine_tune
+        .as_ref()
+        .and_then(|f| f.started_from.as_ref())
+    {
+        if resume_from == 0 {
+            println!("{}", describe_start(started, config.model.num_classes));
+        }
+    }
     dispatch_parallel(
         args.backend,
         &devices,
@@ -191,7 +253,32 @@ pub fn run(args: TrainArgs) -> Result<(), String> {
             output,
             backend_name: args.backend.name().to_string(),
             resume_from,
+            weights,
         },
+    )
+}
+
+/// What a fine-tuning run takes from its weights, for the log.
+fn describe_start(started: &crate::config::StartedFrom, classes: usize) -> String {
+    let loaded = if started.new_head {
+        format!(
+            "every tensor loaded but the classifier's: a new classifier for the data's {classes} \
+             classes (the file's has {}), randomly initialised",
+            started.file_classes
+        )
+    } else {
+        "every tensor loaded".to_string()
+    };
+    let attention = if started.attention_from_file {
+        ""
+    } else {
+        "; the file is a static network: its convolutions are the PEDConv layers' base \
+         weights, and their attention branches start from a random initialisation"
+    };
+    format!(
+        "starting from {} (sha256 {}): {loaded}{attention}",
+        started.weights.display(),
+        started.sha256
     )
 }
 

@@ -1,5 +1,9 @@
 //! The experiment configuration (a burn `Config`, saved as JSON in every run directory).
 
+mod fine_tune;
+
+use std::path::Path;
+
 use burn::config::Config;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, ElementConversion, Tensor};
@@ -10,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::without_panic;
 use crate::data::builtin::CLASSES;
 use crate::data::{DataConfig, DataSource};
+
+pub use fine_tune::{FineTuneConfig, StartedFrom, TrainOnly};
 
 /// How the learning rate falls after the warm-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +99,9 @@ pub struct TrainConfig {
     /// losses stay in float32.
     #[config(default = "Precision::F32")]
     pub precision: Precision,
+    /// Start from pretrained weights rather than a random initialisation (`--weights`).
+    #[config(default = "None")]
+    pub fine_tune: Option<FineTuneConfig>,
 }
 
 /// The float type of a network's computation.
@@ -153,6 +162,37 @@ impl Precision {
 }
 
 impl TrainConfig {
+    /// The configuration in the JSON file at `path`. A file without `model` leaves the network
+    /// open: it is `open_model` (the architecture of the weights a run starts from), and an
+    /// error naming the missing field without one.
+    pub fn read(path: &Path, open_model: Option<&ResNetConfig>) -> Result<Self, String> {
+        let cannot = |e: &dyn std::fmt::Display| {
+            format!("cannot read the configuration {}: {e}", path.display())
+        };
+        if !path.is_file() {
+            return Err(format!(
+                "the configuration {} does not exist",
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| cannot(&e))?;
+        let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| cannot(&e))?;
+        if let Some(fields) = json.as_object_mut() {
+            if !fields.contains_key("model") {
+                let Some(model) = open_model else {
+                    return Err(format!(
+                        "the configuration {} has no model: one without takes the network of \
+                         the pretrained weights given with --weights FILE",
+                        path.display()
+                    ));
+                };
+                let model = serde_json::to_value(model).map_err(|e| cannot(&e))?;
+                fields.insert("model".to_string(), model);
+            }
+        }
+        serde_json::from_value(json).map_err(|e| cannot(&e))
+    }
+
     /// The built-in default: a PEDConv ResNet-18 at width 1/8 on the generated 32×32 images,
     /// a minute or two on a CPU (one warm-up epoch, no mixup: the run is short).
     pub fn builtin() -> Self {
@@ -253,6 +293,9 @@ impl TrainConfig {
                 "label_smoothing must be in [0, 1), got {}",
                 self.label_smoothing
             ));
+        }
+        if let Some(fine_tune) = &self.fine_tune {
+            fine_tune.validate()?;
         }
         if let LrDecay::Step { milestones, gamma } = &self.decay {
             if !(gamma.is_finite() && *gamma > 0.0) {

@@ -38,8 +38,10 @@ fn recipes_parse_with_tagged_sources_and_decays() {
     assert!((back.peak_lr() - 0.256).abs() < 1e-12);
 }
 
-/// Every file in `configs/` parses and is valid; `builtin.json` is the built-in default; the
-/// ImageNet recipes hold the reference's command (see `configs/README.md`).
+/// Every file in `configs/` parses and is valid (a file without `model`, which takes the
+/// network of the weights it starts from, with a ResNet-18 standing in for them);
+/// `builtin.json` is the built-in default; the ImageNet recipes hold the reference's command
+/// (see `configs/README.md`); `fine-tune.json` trains its head alone for an epoch.
 #[test]
 fn the_shipped_configs_are_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
@@ -49,13 +51,22 @@ fn the_shipped_configs_are_valid() {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        let config = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let weights_network = ResNetConfig::new(ResNetDepth::R18).dynamic();
+        let config = TrainConfig::read(&path, Some(&weights_network))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         config
             .validate()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let name = path.file_name().unwrap().to_string_lossy();
         if name == "builtin.json" {
             assert_eq!(config.to_string(), TrainConfig::builtin().to_string());
+        }
+        if name == "fine-tune.json" {
+            let fine_tune = config.fine_tune.as_ref().expect("fine-tuning settings");
+            assert_eq!(config.model.to_string(), weights_network.to_string());
+            assert_eq!(fine_tune.train_only, Some(TrainOnly::Head));
+            assert_eq!(fine_tune.train_only_epochs, Some(1));
+            assert_eq!(fine_tune.started_from, None);
         }
         if name.ends_with("-imagenet.json") {
             recipes += 1;

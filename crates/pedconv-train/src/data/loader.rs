@@ -154,7 +154,7 @@ impl<B: Backend> DataLoader<B, Batch> for EpochLoader<B> {
             .name("pedconv-loader".into())
             .spawn(move || {
                 for chunk in samples.chunks(batch_size) {
-                    let mut batch = batcher.assemble(chunk);
+                    let mut batch = batcher.assemble(chunk, epoch);
                     if let Some(device) = &device {
                         B::staging(std::iter::once(&mut batch.images), device);
                     }

@@ -3,6 +3,7 @@
 mod checkpoints;
 mod curves;
 mod events;
+mod fine_tune;
 mod loss_scale;
 mod objective;
 mod progress;
@@ -30,6 +31,7 @@ use crate::config::TrainConfig;
 use crate::data::batcher::{BadImages, ImageBatcher};
 use crate::data::loader::EpochLoader;
 use crate::data::Split;
+use crate::model::Weights;
 use crate::run_dir::{self, write_file, write_json, DurableRecorder};
 use crate::schedule::Schedule;
 
@@ -41,6 +43,7 @@ type Components<B> = burn::train::LearningComponentsMarker<
     burn::optim::adaptor::OptimizerAdaptor<pedconv::optim::MomentumSgd, Classifier<B>, B>,
 >;
 use checkpoints::{checkpoint_file, saved_epochs, KeepLastAndBest};
+pub use fine_tune::{check_architecture, started_from};
 pub use objective::{Classifier, GradientReduction};
 use progress::{read_journal, rewrite_journal, EpochLog, LineRenderer, RunFiles, RunLog};
 pub use report::best_of;
@@ -55,6 +58,9 @@ pub struct Training {
     /// The newest epoch with a complete checkpoint, which a resumed run starts from if it can
     /// be read (else the newest readable one before it); 0 for a new run.
     pub resume_from: usize,
+    /// The pretrained weights a new run starts from (what it found in them is in the
+    /// configuration's `fine_tune.started_from`).
+    pub weights: Option<Weights>,
 }
 
 /// The run directory's checkpoint folder (burn-train's layout).
@@ -169,6 +175,16 @@ fn run<B: AutodiffBackend>(
     // The initialisation (replaced by the checkpoint when resuming); every training forward
     // seeds the generator again with its batch's noise seed.
     let net = objective::seeded::<B, _>(&device, config.seed, || config.model.init(&device));
+    let started = config
+        .fine_tune
+        .as_ref()
+        .and_then(|f| f.started_from.as_ref());
+    let net = match (&job.weights, started) {
+        (Some(weights), Some(started)) if job.resume_from == 0 => {
+            fine_tune::start_from(weights, net, config, started, &device)?
+        }
+        _ => net,
+    };
     let model = Classifier::new(net, config, reduction);
     train(job, execution, model)
 }

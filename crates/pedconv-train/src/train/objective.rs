@@ -13,6 +13,7 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use pedconv::precision::cast_to;
 use pedconv::resnet::ResNet;
 
+use super::fine_tune::{PartRates, PartTracker};
 use super::loss_scale::{locked, LossScale, SharedLossScale};
 use crate::config::{Precision, TrainConfig};
 use crate::data::Batch;
@@ -34,6 +35,9 @@ pub struct Classifier<B: Backend> {
     /// float16's dynamic loss scale, shared by the model's copies on the devices.
     #[module(skip)]
     loss_scale: Option<SharedLossScale>,
+    /// In a fine-tuning run, which parts of the network train in each epoch, and at what rate.
+    #[module(skip)]
+    part_rates: Option<PartRates>,
 }
 
 /// How the gradients of the devices' passes are combined into an optimizer step's.
@@ -80,6 +84,7 @@ impl<B: Backend> Classifier<B> {
             precision: recipe.precision,
             loss_scale: (recipe.precision == Precision::F16)
                 .then(|| Arc::new(Mutex::new(LossScale::default()))),
+            part_rates: recipe.fine_tune.as_ref().and_then(PartRates::of),
         }
     }
 
@@ -121,7 +126,7 @@ impl<B: AutodiffBackend> TrainStep for Classifier<B> {
 
     fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput<B>> {
         let device = self.device();
-        let noise_seed = batch.noise_seed;
+        let (noise_seed, epoch) = (batch.noise_seed, batch.epoch);
         let batch = batch.into_device::<B>(&device);
         let (logits, info_max) = {
             let _drawing = NOISE_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -151,7 +156,9 @@ impl<B: AutodiffBackend> TrainStep for Classifier<B> {
             grads: &mut grads,
             unscale: 1.0 / scale,
             decay: self.weight_decay * self.gradient_scale,
-            norm_depth: 0,
+            rates: self.part_rates,
+            epoch,
+            parts: PartTracker::default(),
             _backend: std::marker::PhantomData,
         });
         TrainOutput {
@@ -197,45 +204,59 @@ fn all_finite<B: AutodiffBackend>(grads: &GradientsParams, model: &Classifier<B>
         .is_none_or(|total| total.into_scalar().elem::<f64>().is_finite())
 }
 
-/// Multiplies every gradient by `unscale` (undoing float16's loss scale) and adds
-/// `decay · param` to those of every parameter outside batch norms (burn's SGD would decay
-/// every parameter).
+/// Multiplies every gradient by `unscale` (undoing float16's loss scale), adds `decay · param`
+/// to those of every parameter outside batch norms (burn's SGD would decay every parameter),
+/// and in fine-tuning removes those of the parts frozen in `epoch` (so that the optimizer
+/// leaves them, and their momentum, as they are) and multiplies the others by their part's
+/// rate.
 struct FinishGradients<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     unscale: f64,
     decay: f64,
-    /// How many batch norms the visit is inside.
-    norm_depth: usize,
+    rates: Option<PartRates>,
+    epoch: usize,
+    parts: PartTracker,
     _backend: std::marker::PhantomData<B>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for FinishGradients<'_, B> {
-    fn enter_module(&mut self, _name: &str, container_type: &str) {
-        if container_type.ends_with(":BatchNorm") {
-            self.norm_depth += 1;
-        }
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.parts.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, container_type: &str) {
-        if container_type.ends_with(":BatchNorm") {
-            self.norm_depth -= 1;
-        }
+        self.parts.exit(container_type);
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let decay = if self.norm_depth > 0 { 0.0 } else { self.decay };
-        if decay == 0.0 && self.unscale == 1.0 {
+        let decay = if self.parts.in_batch_norm() {
+            0.0
+        } else {
+            self.decay
+        };
+        let multiplier = match self.rates {
+            Some(rates) => rates.multiplier(self.parts.part(), self.epoch),
+            None => Some(1.0),
+        };
+        if decay == 0.0 && self.unscale == 1.0 && multiplier == Some(1.0) {
             return;
         }
-        if let Some(mut grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            if self.unscale != 1.0 {
-                grad = grad.mul_scalar(self.unscale);
-            }
-            if decay != 0.0 {
-                grad = grad + param.val().inner().mul_scalar(decay);
-            }
-            self.grads.register(param.id, grad);
+        let Some(mut grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let Some(multiplier) = multiplier else {
+            return;
+        };
+        if self.unscale != 1.0 {
+            grad = grad.mul_scalar(self.unscale);
         }
+        if decay != 0.0 {
+            grad = grad + param.val().inner().mul_scalar(decay);
+        }
+        if multiplier != 1.0 {
+            grad = grad.mul_scalar(multiplier);
+        }
+        self.grads.register(param.id, grad);
     }
 }
 
@@ -275,6 +296,7 @@ mod tests {
             targets: TensorData::new(vec![1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0], [2, 3]),
             labels: vec![0, 2],
             noise_seed: 5,
+            epoch: 1,
         }
     }
 

@@ -5,7 +5,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::progress::EpochRecord;
 use super::{last_checkpoint, model_checkpoint, Prepared, Training};
-use crate::config::TrainConfig;
+use crate::config::{StartedFrom, TrainConfig};
 use crate::run_dir::{self, write_json};
 
 /// After the learner: the final model where the run finished, the report, and what stopped
@@ -81,6 +81,8 @@ struct Report<'a> {
     wall_seconds: f64,
     unreadable_images: Unreadable,
     images_per_second: f64,
+    /// The pretrained weights the run started from (its SHA-256, whether its head is new).
+    fine_tuned_from: Option<&'a StartedFrom>,
     config: &'a TrainConfig,
 }
 
@@ -120,6 +122,11 @@ fn write_report(
             valid: unreadable[1],
         },
         images_per_second: images / seconds,
+        fine_tuned_from: job
+            .config
+            .fine_tune
+            .as_ref()
+            .and_then(|f| f.started_from.as_ref()),
         config: &job.config,
     };
     let path = job.output.join(run_dir::REPORT);

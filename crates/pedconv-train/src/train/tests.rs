@@ -1,8 +1,9 @@
 //! Unit tests of the training run: data-parallel steps against one device's.
 
+use super::fine_tune::{parameters_by_part, Part};
 use super::objective::seeded;
 use super::*;
-use crate::config::LrDecay;
+use crate::config::{FineTuneConfig, LrDecay, StartedFrom, TrainOnly};
 use crate::data::{DataConfig, DataSource};
 use burn::backend::Flex;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
@@ -77,6 +78,7 @@ fn train_folded(initial: &ResNet<Flex>, devices: usize, batch: usize) -> Vec<Vec
         output: output.clone(),
         backend_name: "flex".into(),
         resume_from: 0,
+        weights: None,
     };
     let execution =
         ExecutionStrategy::multi(vec![device; devices], MultiDeviceOptim::OptimMainDevice);
@@ -132,4 +134,96 @@ fn two_devices_take_the_steps_of_one_with_twice_the_batch() {
         "training moved {moved} of {} parameters",
         start.len()
     );
+}
+
+/// A fine-tuning run of one epoch (3 optimizer steps) in which only `train_only` trains: the
+/// parameters, by part, before and after.
+fn fine_tune_epoch(train_only: TrainOnly) -> [Vec<(Part, String, Vec<f32>)>; 2] {
+    let data = DataConfig::new(DataSource::Synthetic {
+        train_images: 24,
+        valid_images: 4,
+        classes: 3,
+    })
+    .with_train_crop(8)
+    .with_val_resize(8)
+    .with_val_crop(8)
+    .with_workers(Some(1));
+    let started = StartedFrom {
+        weights: "pretrained.pth".into(),
+        sha256: String::new(),
+        file_classes: 3,
+        new_head: false,
+        attention_from_file: true,
+    };
+    let fine_tune = FineTuneConfig::new()
+        .with_train_only(Some(train_only))
+        .with_pretrained_lr_multiplier(0.5)
+        .with_started_from(Some(started));
+    let config = TrainConfig::new(network(), data)
+        .with_epochs(1)
+        .with_warmup_epochs(0)
+        .with_mixup(0.0)
+        .with_lr(25.6)
+        .with_batch_size(8)
+        .with_fine_tune(Some(fine_tune));
+    let output = std::env::temp_dir().join(format!(
+        "pedconv-unit-{}-fine-tune-{train_only:?}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&output);
+    type B = Autodiff<Flex>;
+    let device = Default::default();
+    let net = seeded::<B, _>(&device, 3, || config.model.init::<B>(&device));
+    let model = Classifier::new(net, &config, GradientReduction::Sum);
+    let before = parameters_by_part(&model);
+    let job = Training {
+        config: config.clone(),
+        output: output.clone(),
+        backend_name: "flex".into(),
+        resume_from: 0,
+        weights: None,
+    };
+    let execution = ExecutionStrategy::multi(vec![device], MultiDeviceOptim::OptimMainDevice);
+    train(job, execution, model.clone()).unwrap();
+    let trained = model
+        .valid()
+        .net
+        .load_record(output.join(run_dir::FINAL_MODEL), &device)
+        .unwrap();
+    std::fs::remove_dir_all(&output).unwrap();
+    let after = Classifier::new(trained, &config, GradientReduction::Sum);
+    [before, parameters_by_part(&after)]
+}
+
+/// Through an epoch, every parameter outside the trained parts (the batch norms' among them)
+/// stays bit for bit what it was; the head moves, and with it the attention branches when
+/// they train too. The batch norms' running statistics are not parameters: they follow the
+/// data in training mode.
+#[test]
+fn frozen_parameters_stay_bit_identical_through_an_epoch() {
+    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for train_only in [TrainOnly::Head, TrainOnly::HeadAndAttention] {
+        let [before, after] = fine_tune_epoch(train_only);
+        assert_eq!(before.len(), after.len());
+        let mut moved = std::collections::BTreeSet::new();
+        for ((part, name, start), (_, _, end)) in before.iter().zip(&after) {
+            if name.ends_with("running_mean") || name.ends_with("running_var") {
+                continue;
+            }
+            let trains = match train_only {
+                TrainOnly::Head => *part == Part::Head,
+                TrainOnly::HeadAndAttention => *part != Part::Backbone,
+            };
+            if !trains {
+                assert_eq!(bits(start), bits(end), "{train_only:?}: {name} moved");
+            } else if bits(start) != bits(end) {
+                moved.insert(format!("{part:?}"));
+            }
+        }
+        let expected: &[&str] = match train_only {
+            TrainOnly::Head => &["Head"],
+            TrainOnly::HeadAndAttention => &["Attention", "Head"],
+        };
+        assert_eq!(moved.into_iter().collect::<Vec<_>>(), expected);
+    }
 }

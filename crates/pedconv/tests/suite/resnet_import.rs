@@ -21,8 +21,14 @@ fn golden_config() -> ResNetConfig {
         .dynamic()
 }
 
+/// The golden checkpoint's input and the reference's logits.
 fn golden_io() -> (Tensor<TestBackend, 4>, Tensor<TestBackend, 2>) {
-    let bytes = std::fs::read(golden_dir().join("resnet18_w0.25_c10_ref_io.safetensors")).unwrap();
+    inputs_and_logits(golden_dir().join("resnet18_w0.25_c10_ref_io.safetensors"))
+}
+
+/// The input `x` and the logits of a safetensors file of inputs and outputs.
+fn inputs_and_logits(path: PathBuf) -> (Tensor<TestBackend, 4>, Tensor<TestBackend, 2>) {
+    let bytes = std::fs::read(path).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let tensor = |name: &str| {
         let view = file.tensor(name).unwrap();
@@ -330,6 +336,33 @@ fn static_weights_load_into_static_and_pedconv_models() {
         golden.tensors()["module.layer1.0.conv1.weight"]
             .to_vec::<f32>()
             .unwrap()
+    );
+}
+
+/// torchvision's own static ResNet-18 (a quarter of the channels, random weights and batch-norm
+/// statistics; `tests/fixtures/torchvision/make_resnet18.py`): its architecture read off the
+/// file, its evaluation-mode logits reproduced to the tolerance of the golden checkpoint's.
+#[test]
+fn torchvision_resnet18_reproduces_torchvision_logits() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torchvision");
+    let checkpoint =
+        PytorchCheckpoint::read(dir.join("resnet18_w0.25_c10_torchvision.pth")).unwrap();
+    let config = ResNetConfig::from_state_dict(&checkpoint).unwrap();
+    assert_eq!(
+        config.to_string(),
+        golden_config().with_pedconv(None).to_string()
+    );
+    let model = config
+        .init::<TestBackend>(&Default::default())
+        .load_pytorch(&checkpoint, ImportMode::Exact)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (x, expected) =
+        inputs_and_logits(dir.join("resnet18_w0.25_c10_torchvision_io.safetensors"));
+    assert_close(
+        "logits",
+        &model.forward(x),
+        &expected,
+        network_tolerance(1e-4),
     );
 }
 

@@ -93,6 +93,8 @@ pub struct Batch {
     pub targets: TensorData,
     pub labels: Vec<i64>,
     pub noise_seed: u64,
+    /// The epoch it belongs to (from 1).
+    pub epoch: usize,
 }
 
 /// Mixup of a batch: image `i` becomes `λ · x_i + (1 - λ) · x_partner[i]`.
@@ -220,8 +222,9 @@ impl ImageBatcher {
 
     /// Stacks the images into a batch and draws its mixup: every image is to be blended with a
     /// random other one of the batch, `λ · x_i + (1 - λ) · x_π(i)` with `λ ~ Beta(α, α)`, and so
-    /// are the one-hot targets (as the reference's training script does).
-    pub fn assemble(&self, samples: &[Sample]) -> Batch {
+    /// are the one-hot targets (as the reference's training script does). The batch belongs to
+    /// `epoch`.
+    pub fn assemble(&self, samples: &[Sample], epoch: usize) -> Batch {
         let loaded: Vec<(Pixels, usize, StageTimes)> = self
             .pool
             .install(|| samples.par_iter().map(|&s| self.load(s)).collect());
@@ -257,6 +260,7 @@ impl ImageBatcher {
             targets: TensorData::new(targets, [count, self.classes]),
             labels,
             noise_seed: seed_of(&[batch_seed, NOISE_STREAM]),
+            epoch,
         }
     }
 }

@@ -65,7 +65,7 @@ fn on<B: Backend>(batch: Batch) -> (Vec<f32>, Vec<f32>) {
 #[test]
 fn batches_travel_as_bytes_and_are_normalised_on_the_device() {
     let (batcher, _) = constant_batcher(0.0, 1.0);
-    let batch = batcher.assemble(&samples(&[1, 4], 0));
+    let batch = batcher.assemble(&samples(&[1, 4], 0), 1);
     assert_eq!(batch.images.dtype, DType::U8);
     assert_eq!(batch.images.shape.as_slice(), [2, 3, 2, 2]);
     assert!(batch.mixup.is_none());
@@ -87,7 +87,7 @@ fn batches_travel_as_bytes_and_are_normalised_on_the_device() {
 fn batches_are_normalised_and_mixed_on_the_gpu() {
     let (batcher, _) = constant_batcher(0.2, 1.0);
     for seed in 0..3 {
-        let batch = batcher.assemble(&samples(&[0, 1, 3, 4], seed));
+        let batch = batcher.assemble(&samples(&[0, 1, 3, 4], seed), 1);
         let (host, _) = on::<Flex>(batch.clone());
         let (device, _) = on::<burn::backend::Wgpu>(batch);
         for (a, b) in host.iter().zip(&device) {
@@ -106,7 +106,7 @@ fn mixup_blends_images_and_targets_alike() {
     let indices = [0, 1, 3, 4];
     let mut mixed = 0;
     for seed in 0..5 {
-        let batch = batcher.assemble(&samples(&indices, seed));
+        let batch = batcher.assemble(&samples(&indices, seed), 1);
         let labels = batch.labels.clone();
         let (images, targets) = on_device(batch);
         for (i, &index) in indices.iter().enumerate() {
@@ -138,7 +138,7 @@ fn mixup_blends_images_and_targets_alike() {
 #[test]
 fn unreadable_images_are_replaced_counted_and_stop_the_run() {
     let (lenient, stops) = constant_batcher(0.0, 0.2);
-    let batch = lenient.assemble(&samples(&[2, 2, 0], 0));
+    let batch = lenient.assemble(&samples(&[2, 2, 0], 0), 1);
     let images = batch.images.to_vec::<u8>().unwrap();
     assert_eq!((images[0], images[12]), (150, 150)); // image 3 replaced image 2
     assert_eq!(batch.labels, vec![3, 3, 0]);
@@ -147,7 +147,7 @@ fn unreadable_images_are_replaced_counted_and_stop_the_run() {
     assert_eq!(*stops.lock().unwrap(), 0);
 
     let (strict, stops) = constant_batcher(0.0, 0.1);
-    strict.assemble(&samples(&[2], 0));
+    strict.assemble(&samples(&[2], 0), 1);
     assert_eq!(*stops.lock().unwrap(), 1);
     let message = strict.bad.too_many().unwrap();
     assert!(message.contains("constants") && message.contains("image 2: corrupt"));
