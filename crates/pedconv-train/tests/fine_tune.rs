@@ -76,6 +76,28 @@ fn train(dir: &Path, name: &str, args: &[&str]) -> (PathBuf, String) {
     (output, stdout)
 }
 
+/// Fine-tunes `weights` on the five digits with `config` and the `extra` arguments into
+/// `dir/name`: the run directory and what the run printed.
+fn fine_tune(
+    dir: &Path,
+    name: &str,
+    weights: &Path,
+    config: &Path,
+    extra: &[&str],
+) -> (PathBuf, String) {
+    let data = five_digits();
+    let mut args = vec![
+        "--weights",
+        weights.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    train(dir, name, &args)
+}
+
 fn best_top1(run: &Path) -> f64 {
     report(run)["best_top1"].as_f64().unwrap()
 }
@@ -99,18 +121,7 @@ fn fine_tuning_the_digits_checkpoint_beats_training_from_scratch() {
     let config = digits_config(&dir, 1);
     let (config_arg, data) = (config.to_str().unwrap(), five_digits());
     let weights = digits_checkpoint();
-    let (tuned, stdout) = train(
-        &dir,
-        "tuned",
-        &[
-            "--weights",
-            weights.to_str().unwrap(),
-            "--config",
-            config_arg,
-            "--data",
-            data.to_str().unwrap(),
-        ],
-    );
+    let (tuned, stdout) = fine_tune(&dir, "tuned", &weights, &config, &[]);
     assert!(
         stdout.contains("a new classifier for the data's 5 classes (the file's has 10)"),
         "{stdout}"
@@ -150,23 +161,8 @@ fn a_resumed_fine_tuning_run_is_exact() {
     let dir = scratch("fine-tune-resume");
     let config = digits_config(&dir, 2);
     let weights = digits_checkpoint();
-    let data = five_digits();
-    let (straight, _) = train(
-        &dir,
-        "straight",
-        &[
-            "--weights",
-            weights.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--train-only",
-            "head",
-            "--train-only-epochs",
-            "1",
-        ],
-    );
+    let extra = ["--train-only", "head", "--train-only-epochs", "1"];
+    let (straight, _) = fine_tune(&dir, "straight", &weights, &config, &extra);
     let resumed = dir.join("resumed");
     copy_run(&straight, &resumed);
     forget_epochs(&resumed, &[2]);
@@ -194,19 +190,7 @@ fn torchvision_static_weights_start_a_pedconv_run() {
     let weights = fixture("torchvision/resnet18_w0.25_c10_torchvision.pth");
     // The file's network with PEDConv.
     edit_config(&config, |config| config["model"] = digits_network(|_| ()));
-    let data = five_digits();
-    let (run, stdout) = train(
-        &dir,
-        "run",
-        &[
-            "--weights",
-            weights.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ],
-    );
+    let (run, stdout) = fine_tune(&dir, "run", &weights, &config, &[]);
     assert!(stdout.contains("the file is a static network"), "{stdout}");
     let started = &report(&run)["fine_tuned_from"];
     assert_eq!(started["attention_from_file"], false, "{started}");

@@ -38,12 +38,9 @@ fn network() -> ResNetConfig {
         .with_pedconv(Some(PedConvSettings::new().with_noise_std(0.0)))
 }
 
-/// `initial` (a [`network`] with its batch norms folded away: a network whose gradients over
-/// a batch are the mean of its images' gradients) trained for one epoch of 3 optimizer steps
-/// on `devices` devices of `batch` images; its parameters after.
-fn train_folded(initial: &ResNet<Flex>, devices: usize, batch: usize) -> Vec<Vec<f32>> {
-    let network = network();
-    let data = DataConfig::new(DataSource::Synthetic {
+/// 24 generated 8×8 training images of 3 classes, 4 for validation, one worker.
+fn synthetic_data() -> DataConfig {
+    DataConfig::new(DataSource::Synthetic {
         train_images: 24,
         valid_images: 4,
         classes: 3,
@@ -51,7 +48,15 @@ fn train_folded(initial: &ResNet<Flex>, devices: usize, batch: usize) -> Vec<Vec
     .with_train_crop(8)
     .with_val_resize(8)
     .with_val_crop(8)
-    .with_workers(Some(1));
+    .with_workers(Some(1))
+}
+
+/// `initial` (a [`network`] with its batch norms folded away: a network whose gradients over
+/// a batch are the mean of its images' gradients) trained for one epoch of 3 optimizer steps
+/// on `devices` devices of `batch` images; its parameters after.
+fn train_folded(initial: &ResNet<Flex>, devices: usize, batch: usize) -> Vec<Vec<f32>> {
+    let network = network();
+    let data = synthetic_data();
     let config = TrainConfig::new(network.clone(), data)
         .with_epochs(1)
         .with_warmup_epochs(0)
@@ -139,15 +144,7 @@ fn two_devices_take_the_steps_of_one_with_twice_the_batch() {
 /// A fine-tuning run of one epoch (3 optimizer steps) in which only `train_only` trains: the
 /// parameters, by part, before and after.
 fn fine_tune_epoch(train_only: TrainOnly) -> [Vec<(Part, String, Vec<f32>)>; 2] {
-    let data = DataConfig::new(DataSource::Synthetic {
-        train_images: 24,
-        valid_images: 4,
-        classes: 3,
-    })
-    .with_train_crop(8)
-    .with_val_resize(8)
-    .with_val_crop(8)
-    .with_workers(Some(1));
+    let data = synthetic_data();
     let started = StartedFrom {
         weights: "pretrained.pth".into(),
         sha256: String::new(),
